@@ -49,7 +49,7 @@ class FilesystemBank(BankPlugin):
         config = config or ProviderConfig.from_dict({})
         default_root = Path(platformdirs.user_data_dir("tutela")) / "bank"
         root = options.get("root") or config.get_path(SECTION, "root", default_root)
-        self.root = Path(root).absolute()
+        self.root = Path(os.path.abspath(root))
         self.expire_window = float(
             options.get("lease_expire_window")
             or config.get_float(SECTION, "lease_expire_window", 120)
@@ -319,6 +319,10 @@ class FilesystemBank(BankPlugin):
             self._renewed.pop(name, None)
         finally:
             os.close(fd)
+        if name == f"owner-{self._owner_id}":
+            # Nobody else ever locks our own liveness lease, so its lock file can go.
+            with contextlib.suppress(FileNotFoundError):
+                (self.leases / f"{name}.lock").unlink()
 
     def get_lease_owner(self, name: str | None = OWNER_LEASE) -> str | None:
         name = lease_name(self, name)

@@ -1,0 +1,3 @@
+from tutela.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The chunk index: chunk id -> (pack, offset, stored length, raw length).
+
+In the bank the index is a set of immutable segments under `index/`, each written once by one
+writer under a fresh random name, so concurrent writers (threads or processes) never touch a
+shared object.  The union of all segments is the index; an id listed twice is fine (either
+copy is readable).  Segments are zstd-compressed JSON, encrypted when the store is.
+
+Locally, fetched segments are cached as stored (still encrypted) under the cache dir; the
+cache is checked against the bank's listing on every load, so deleting it loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import zstandard
+
+from tutela.contentstore.crypto import Cipher
+from tutela.contentstore.pack import BlobEntry
+
+INDEX_VERSION = 1
+INDEX_AAD = b"tutela-index"
+INDEX_PREFIX = "index/"
+
+PackEntries = list[tuple[bytes, int, int, int]]  # (chunk id, offset, length, raw length)
+
+
+def new_segment_name() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+def encode_segment(packs: Iterable[tuple[str, PackEntries]], cipher: Cipher) -> bytes:
+    doc = {
+        "version": INDEX_VERSION,
+        "packs": [
+            {"pack": name, "blobs": [[cid.hex(), off, ln, raw] for cid, off, ln, raw in entries]}
+            for name, entries in packs
+        ],
+    }
+    data = zstandard.ZstdCompressor(level=3).compress(
+        json.dumps(doc, separators=(",", ":")).encode()
+    )
+    return cipher.encrypt(data, INDEX_AAD)
+
+
+def decode_segment(data: bytes, cipher: Cipher) -> tuple[int, list[tuple[str, PackEntries]]]:
+    """(version, packs).  Raises DecryptError / ValueError on damage; the caller names it."""
+    plain = zstandard.ZstdDecompressor().decompress(
+        cipher.decrypt(data, INDEX_AAD), max_output_size=1 << 31
+    )
+    doc = json.loads(plain)
+    version = int(doc.get("version", 0))
+    packs = [
+        (p["pack"], [(bytes.fromhex(c), int(o), int(n), int(r)) for c, o, n, r in p["blobs"]])
+        for p in doc.get("packs", [])
+    ]
+    return version, packs
+
+
+class Index:
+    """The in-memory union of index segments; thread-safe."""
+
+    def __init__(self) -> None:
+        self._map: dict[bytes, BlobEntry] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return chunk_id in self._map
+
+    def get(self, chunk_id: bytes) -> BlobEntry | None:
+        return self._map.get(chunk_id)
+
+    def add_pack(self, pack: str, entries: PackEntries) -> None:
+        pack = str(pack)
+        with self._lock:
+            for cid, off, length, raw in entries:
+                self._map[cid] = BlobEntry(pack, off, length, raw)
+
+    def items(self) -> Iterator[tuple[bytes, BlobEntry]]:
+        return iter(list(self._map.items()))
+
+    def by_pack(self) -> dict[str, PackEntries]:
+        packs: dict[str, PackEntries] = {}
+        for cid, e in self.items():
+            packs.setdefault(e.pack, []).append((cid, e.offset, e.length, e.raw_length))
+        return packs
+
+
+class SegmentCache:
+    """Stored index segments on local disk; optional and disposable."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+
+    def get(self, name: str) -> bytes | None:
+        if self.folder is None:
+            return None
+        try:
+            return (self.folder / name).read_bytes()
+        except OSError:
+            return None
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f".tmp-{uuid.uuid4().hex}"
+            tmp.write_bytes(data)
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            pass  # the cache only saves downloads
+
+    def drop(self, name: str) -> None:
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / name).unlink()
+
+    def prune(self, keep: set[str]) -> None:
+        """Forget segments that the bank no longer has (swept by someone)."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name not in keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()

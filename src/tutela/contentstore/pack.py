@@ -1,0 +1,127 @@
+"""Blobs and packs: the bytes of chunks as stored.
+
+A blob is one stored chunk: `encrypt(flag + payload, aad="C" + chunk id)` where flag 0 means
+the payload is the raw chunk and 1 means zstd.  A pack is blobs back to back, then a header
+(one 48-byte entry per blob: chunk id, offset, stored length, raw length; encrypted like a
+blob), then the header length as a 4-byte little-endian integer.  The header makes a pack
+self-describing, so an index can be rebuilt from packs alone.  A pack's name is the BLAKE3 of
+its bytes, so any change to a stored pack is detected without a key.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from tutela.contentstore.crypto import Cipher
+
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+HEADER_VERSION = 1
+_ENTRY = struct.Struct("<32sQII")
+_TRAILER = struct.Struct("<I")
+HEADER_AAD = b"tutela-pack-header"
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """Where a chunk lives: pack name, byte offset, stored length and raw length."""
+
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+
+
+class Codec:
+    """Compress+encrypt and decrypt+decompress blobs; safe to share between threads."""
+
+    def __init__(self, cipher: Cipher, compression: str = "zstd", level: int = 3):
+        self.cipher = cipher
+        self.compression = compression
+        self.level = level
+        self._local = threading.local()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        comp = getattr(self._local, "c", None)
+        if comp is None:
+            comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        return comp
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        dec = getattr(self._local, "d", None)
+        if dec is None:
+            dec = self._local.d = zstandard.ZstdDecompressor()
+        return dec
+
+    def encode(self, chunk_id: bytes, raw: bytes) -> bytes:
+        """The stored form of a chunk; kept raw when compression saves under 1/64."""
+        flag, payload = FLAG_RAW, raw
+        if self.compression == "zstd" and raw:
+            packed = self._compressor().compress(raw)
+            if len(packed) < len(raw) - (len(raw) >> 6):
+                flag, payload = FLAG_ZSTD, packed
+        return self.cipher.encrypt(bytes((flag,)) + payload, b"C" + chunk_id)
+
+    def decode(self, chunk_id: bytes, stored: bytes | memoryview, raw_length: int) -> bytes:
+        """The raw chunk.  Raises DecryptError or ValueError on damaged input."""
+        plain = self.cipher.decrypt(stored, b"C" + chunk_id)
+        if not plain:
+            raise ValueError("empty blob")
+        flag = plain[0]
+        if flag == FLAG_RAW:
+            return plain[1:]
+        if flag == FLAG_ZSTD:
+            return self._decompressor().decompress(
+                memoryview(plain)[1:], max_output_size=raw_length
+            )
+        raise ValueError(f"unknown blob flag {flag}")
+
+
+class PackBuilder:
+    """Collects blobs for one pack (not thread-safe: the store serialises access)."""
+
+    def __init__(self) -> None:
+        self.blobs: list[bytes] = []
+        self.entries: list[tuple[bytes, int, int, int]] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def add(self, chunk_id: bytes, stored: bytes, raw_length: int) -> None:
+        self.entries.append((chunk_id, self.size, len(stored), raw_length))
+        self.blobs.append(stored)
+        self.size += len(stored)
+
+    def seal(self, cipher: Cipher) -> tuple[str, list[bytes], list[tuple[bytes, int, int, int]]]:
+        """(pack name, the pack's bytes as blocks, entries)."""
+        header = bytes((HEADER_VERSION,)) + b"".join(_ENTRY.pack(*e) for e in self.entries)
+        header = cipher.encrypt(header, HEADER_AAD)
+        blocks = [*self.blobs, header, _TRAILER.pack(len(header))]
+        hasher = blake3.blake3(max_threads=1)
+        for block in blocks:
+            hasher.update(block)
+        return hasher.hexdigest(), blocks, self.entries
+
+
+def parse_header(pack: bytes, cipher: Cipher) -> list[tuple[bytes, int, int, int]]:
+    """The entries of a whole pack's header.  Raises DecryptError or ValueError."""
+    if len(pack) < _TRAILER.size:
+        raise ValueError("pack too short")
+    (length,) = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
+    start = len(pack) - _TRAILER.size - length
+    if start < 0:
+        raise ValueError("pack header length out of range")
+    header = cipher.decrypt(memoryview(pack)[start : start + length], HEADER_AAD)
+    if not header or header[0] != HEADER_VERSION or (len(header) - 1) % _ENTRY.size:
+        raise ValueError("bad pack header")
+    return [e for e in _ENTRY.iter_unpack(header[1:])]
+
+
+def pack_key(name: str) -> str:
+    return f"packs/{name[:2]}/{name}"

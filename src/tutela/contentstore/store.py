@@ -1,0 +1,1020 @@
+"""The content store: deduplicated, compressed, optionally encrypted file contents in a bank.
+
+See docs/content-store.md for the key layout and the write-ordering rules.  In short: chunks
+are packed into packs, packs are uploaded, then an index segment naming them is written; a
+`FileRef` may be recorded anywhere only after `flush()` returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+import platformdirs
+
+from tutela.bank import BankSection
+from tutela.config import ProviderConfig
+from tutela.contentstore.chunker import Chunker, ChunkerParams, MiB, parse_size
+from tutela.contentstore.crypto import ALGORITHMS, DecryptError, Keys
+from tutela.contentstore.errors import (
+    ContentStoreError,
+    CorruptDataError,
+    MissingChunkError,
+    MissingPasswordError,
+    StoreLockedError,
+    UnsupportedFormatError,
+    WrongPasswordError,
+)
+from tutela.contentstore.index import (
+    INDEX_PREFIX,
+    INDEX_VERSION,
+    Index,
+    PackEntries,
+    SegmentCache,
+    decode_segment,
+    encode_segment,
+    new_segment_name,
+)
+from tutela.contentstore.pack import BlobEntry, Codec, PackBuilder, pack_key, parse_header
+from tutela.errors import ConfigError, ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SECTION = "content_store"
+CONFIG_KEY = "config"
+PACK_PREFIX = "packs/"
+LOCK_PREFIX = "locks/"
+PASSWORD_ENV = "TUTELA_PASSWORD"
+#: A lock not refreshed for this long is stale (its writer died) and is ignored.
+LOCK_STALE_SECONDS = 30 * 60
+LOCK_REFRESH_SECONDS = 5 * 60
+#: A writer writes an index segment at least every this many packs, even without flush().
+SEGMENT_PACKS = 64
+#: Reads fetch at most this much of one pack per request.
+READ_RUN_BYTES = 64 * MiB
+
+
+# -- settings ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreSettings:
+    """The `[content_store]` section of a provider file, checked."""
+
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    compression: str = "zstd"
+    compression_level: int = 3
+    pack_size: int = 16 * MiB
+    encryption: str = "none"
+    password_file: Path | None = None
+    key_file: Path | None = None
+    cache_dir: Path | None = None
+    config_path: str = "<memory>"
+
+    @classmethod
+    def from_config(cls, config: ProviderConfig | None) -> StoreSettings:
+        if config is None:
+            return cls()
+        defaults = cls()
+
+        def size(key: str, default: int) -> int:
+            raw = config.get(SECTION, key)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse_size(raw)
+            except ValueError as exc:
+                raise config.error(str(exc), f"{SECTION}.{key}") from None
+
+        params = ChunkerParams(
+            size("chunk_min", defaults.chunker.min_size),
+            size("chunk_avg", defaults.chunker.avg_size),
+            size("chunk_max", defaults.chunker.max_size),
+        )
+        problem = params.problem()
+        if problem:
+            raise config.error(problem, f"{SECTION}.chunk_avg")
+        compression = (config.get(SECTION, "compression") or "zstd").lower()
+        if compression not in ("zstd", "none"):
+            raise config.error(
+                f"must be 'zstd' or 'none', not {compression!r}", f"{SECTION}.compression"
+            )
+        level = config.get_int(SECTION, "compression_level", 3)
+        assert level is not None
+        if not -7 <= level <= 22:
+            raise config.error("must be between -7 and 22", f"{SECTION}.compression_level")
+        pack_size = size("pack_size", defaults.pack_size)
+        if not 1 * MiB <= pack_size <= 1024 * MiB:
+            raise config.error("must be between 1M and 1G", f"{SECTION}.pack_size")
+        encryption = (config.get(SECTION, "encryption") or "none").lower()
+        if encryption not in ALGORITHMS:
+            raise config.error(
+                f"must be one of {', '.join(ALGORITHMS)}, not {encryption!r}",
+                f"{SECTION}.encryption",
+            )
+        return cls(
+            chunker=params,
+            compression=compression,
+            compression_level=level,
+            pack_size=pack_size,
+            encryption=encryption,
+            password_file=config.get_path(SECTION, "password_file"),
+            key_file=config.get_path(SECTION, "key_file"),
+            cache_dir=config.get_path(SECTION, "cache_dir"),
+            config_path=config.path,
+        )
+
+
+# -- public records ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileRef:
+    """What a checkpoint records for one file: its chunks in order and a whole-content digest.
+
+    `digest` is the BLAKE3 of the content (keyed in an encrypted store, so it reveals
+    nothing); `chunks` are (chunk id hex, raw size).  `to_json()` / `from_json()` round-trip.
+    """
+
+    size: int
+    digest: str
+    chunks: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "digest": self.digest, "chunks": [list(c) for c in self.chunks]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileRef:
+        return cls(
+            int(data["size"]),
+            str(data["digest"]),
+            tuple((str(c), int(n)) for c, n in data["chunks"]),
+        )
+
+    def chunk_ids(self) -> set[str]:
+        return {c for c, _ in self.chunks}
+
+
+@dataclass
+class StoreStats:
+    """Counters since open (thread-safe enough: updated under the store's locks)."""
+
+    bytes_read: int = 0  # raw bytes given to write()
+    bytes_new: int = 0  # raw bytes of chunks not seen before
+    bytes_stored: int = 0  # those chunks as stored (compressed, encrypted)
+    bytes_restored: int = 0  # raw bytes yielded by read()
+    chunks: int = 0
+    chunks_new: int = 0
+    chunks_deduplicated: int = 0
+    packs_written: int = 0
+    index_segments_written: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    packs_checked: int = 0
+    chunks_checked: int = 0
+    errors: list[str] = field(default_factory=list)
+    unindexed_packs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class SweepReport:
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_freed: int = 0
+    segments_replaced: int = 0
+
+
+class _Upload:
+    __slots__ = ("blocks", "entries", "name")
+
+    def __init__(self, name: str, blocks: list[bytes], entries: PackEntries):
+        self.name, self.blocks, self.entries = name, blocks, entries
+
+
+# -- the store ---------------------------------------------------------------------------
+class ContentStore:
+    """A deduplicating chunk store in a bank section.  One object is shared by many threads.
+
+    Open with `ContentStore.open`.  `write()` returns a `FileRef`; it becomes durable when
+    `flush()` returns (record a FileRef in a checkpoint only after that).  `read()` streams
+    a file back, checking every chunk.  Close with `close()` (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        section: BankSection,
+        doc: dict[str, Any],
+        keys: Keys,
+        settings: StoreSettings,
+        *,
+        workers: int | None = None,
+        uploaders: int = 1,
+        on_bytes: Callable[[int], None] | None = None,
+    ):
+        self.section = section
+        self.id: str = doc["id"]
+        self.name = f"content store {section.prefix.rstrip('/') or '/'!r} ({self.id[:12]})"
+        self.keys = keys
+        self.settings = settings
+        self.params = ChunkerParams.from_json(doc["chunker"], seed=keys.gear_seed)
+        self.compression = settings.compression
+        self.chunker = Chunker(self.params)
+        self.codec = Codec(keys.cipher, settings.compression, settings.compression_level)
+        self.pack_size = settings.pack_size
+        self.on_bytes = on_bytes
+        self.stats = StoreStats()
+        cache_root = settings.cache_dir or Path(platformdirs.user_cache_dir("tutela"))
+        self._cache = SegmentCache(cache_root / "contentstore" / self.id / "index")
+        self._index = Index()
+        self._segments: set[str] = set()
+        self._workers = workers or max(2, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tutela-cs")
+        self._inflight = 2 * self._workers
+        self._lock = threading.RLock()  # the open pack, pending set, stats
+        self._pending: set[bytes] = set()
+        self._builder = PackBuilder()
+        self._outstanding = 0  # packs sealed and not yet uploaded
+        self._uploaded = threading.Condition(self._lock)
+        self._queue: queue.Queue[_Upload | None] = queue.Queue(maxsize=2)
+        self._unindexed: list[tuple[str, PackEntries]] = []
+        self._unindexed_lock = threading.Lock()
+        self._segment_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock_id = uuid.uuid4().hex
+        self._lock_written = 0.0
+        self._uploaders = [
+            threading.Thread(target=self._upload_loop, name=f"tutela-cs-up{i}", daemon=True)
+            for i in range(max(1, uploaders))
+        ]
+        for t in self._uploaders:
+            t.start()
+
+    def __repr__(self) -> str:
+        return f"ContentStore({self.name}, encryption={self.keys.algorithm!r})"
+
+    def __enter__(self) -> ContentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        section: BankSection,
+        config: ProviderConfig | None = None,
+        *,
+        password: str | None = None,
+        create: bool = True,
+        workers: int | None = None,
+        uploaders: int = 1,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> ContentStore:
+        """Open the store in `section`, creating it on first use when `create`.
+
+        Settings come from the `[content_store]` section of `config`.  The chunker parameters
+        and the encryption of an existing store win over the config file (so dedup keeps
+        working); only asking for encryption of an unencrypted store is refused.  The
+        passphrase is `password`, else $TUTELA_PASSWORD, else `password_file`, else a prompt
+        when stdin is a terminal; a store made with `key_file` needs that file.
+        """
+        settings = StoreSettings.from_config(config)
+        where = f"content store {section.prefix.rstrip('/') or '/'!r}"
+        doc = cls._read_config(section, where)
+        if doc is None:
+            if not create:
+                raise ContentStoreError(f"{where}: no content store here (not created yet)")
+            doc, keys = cls._create(section, settings, password, where)
+        else:
+            keys = cls._unlock(doc, settings, password, where)
+        stored = ChunkerParams.from_json(doc["chunker"])
+        wanted = settings.chunker
+        if (stored.min_size, stored.avg_size, stored.max_size) != (
+            wanted.min_size,
+            wanted.avg_size,
+            wanted.max_size,
+        ) and config is not None:
+            log.info("%s: using the store's chunker parameters %s", where, doc["chunker"])
+        store = cls(
+            section, doc, keys, settings, workers=workers, uploaders=uploaders, on_bytes=on_bytes
+        )
+        try:
+            store._load_index()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @staticmethod
+    def _read_config(section: BankSection, where: str) -> dict[str, Any] | None:
+        try:
+            doc = section.get_json(CONFIG_KEY)
+        except ObjectNotFound:
+            return None
+        except ValueError:
+            raise CorruptDataError(f"{where}: its config object is not valid JSON") from None
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if not isinstance(version, int):
+            raise CorruptDataError(f"{where}: its config object has no format version")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{where}: format version {version} is newer than this Tutela reads "
+                f"(up to {FORMAT_VERSION}); upgrade Tutela"
+            )
+        return doc
+
+    @classmethod
+    def _create(
+        cls, section: BankSection, settings: StoreSettings, password: str | None, where: str
+    ) -> tuple[dict[str, Any], Keys]:
+        plugin = section.bank.plugin
+        lease = "contentstore-create-" + blake3.blake3(section.prefix.encode()).hexdigest()[:16]
+        deadline = time.monotonic() + 60
+        while not plugin.acquire_lease(lease):  # another process is creating it right now
+            if time.monotonic() > deadline:
+                raise StoreLockedError(f"{where}: another process is creating the store")
+            time.sleep(0.2)
+        try:
+            doc = cls._read_config(section, where)
+            if doc is not None:  # lost the race: use theirs
+                return doc, cls._unlock(doc, settings, password, where)
+            store_id = uuid.uuid4().hex
+            keys = Keys.generate(settings.encryption)
+            doc = {
+                "version": FORMAT_VERSION,
+                "id": store_id,
+                "created": int(time.time()),
+                "chunker": settings.chunker.to_json(),
+                "encryption": {"algorithm": settings.encryption},
+            }
+            if settings.encryption != "none":
+                use_keyfile = settings.key_file is not None
+                secret = cls._secret(settings, password, where, keyfile=use_keyfile, confirm=True)
+                doc["encryption"]["key"] = keys.wrap(
+                    secret, keyfile=use_keyfile, aad=store_id.encode()
+                )
+            section.put_json(CONFIG_KEY, doc)
+            log.info("%s: created (id %s, encryption %s)", where, store_id, settings.encryption)
+            return doc, keys
+        finally:
+            plugin.release_lease(lease)
+
+    @classmethod
+    def _unlock(
+        cls, doc: dict[str, Any], settings: StoreSettings, password: str | None, where: str
+    ) -> Keys:
+        enc = doc.get("encryption") or {}
+        algorithm = enc.get("algorithm", "none")
+        where = f"{where} ({doc['id'][:12]})"
+        if algorithm == "none":
+            if settings.encryption != "none":
+                raise ConfigError(
+                    settings.config_path,
+                    f"asks for {settings.encryption} but {where} is not encrypted; "
+                    "use a new bank section for an encrypted store",
+                    f"{SECTION}.encryption",
+                )
+            return Keys()
+        if algorithm not in ALGORITHMS:
+            raise UnsupportedFormatError(f"{where}: unknown encryption {algorithm!r}")
+        record = enc["key"]
+        keyfile = record.get("kdf") == "hkdf-sha256"
+        secret = cls._secret(settings, password, where, keyfile=keyfile, confirm=False)
+        try:
+            return Keys.unwrap(algorithm, record, secret, doc["id"].encode())
+        except DecryptError:
+            what = "key file" if keyfile else "passphrase"
+            raise WrongPasswordError(f"{where}: wrong {what}") from None
+
+    @staticmethod
+    def _secret(
+        settings: StoreSettings, password: str | None, where: str, *, keyfile: bool, confirm: bool
+    ) -> bytes:
+        """The passphrase or key-file bytes; never logged, never in a message."""
+        if keyfile:
+            if settings.key_file is None:
+                raise MissingPasswordError(
+                    f"{where} is encrypted with a key file: set [{SECTION}] key_file"
+                )
+            try:
+                data = settings.key_file.read_bytes()
+            except OSError as exc:
+                raise MissingPasswordError(
+                    f"{where}: cannot read key file {str(settings.key_file)!r}: {exc.strerror}"
+                ) from None
+            if len(data) < 16:
+                raise MissingPasswordError(f"{where}: key file is shorter than 16 bytes")
+            return data
+        if password is None:
+            password = os.environ.get(PASSWORD_ENV) or None
+        if password is None and settings.password_file is not None:
+            try:
+                password = settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise MissingPasswordError(
+                    f"{where}: cannot read password file {str(settings.password_file)!r}: "
+                    f"{exc.strerror}"
+                ) from None
+        if password is None and sys.stdin is not None and sys.stdin.isatty():
+            password = getpass.getpass(f"Passphrase for {where}: ")
+            if confirm and getpass.getpass("Repeat passphrase: ") != password:
+                raise MissingPasswordError(f"{where}: the passphrases do not match")
+        if not password:
+            raise MissingPasswordError(
+                f"{where} is encrypted: give a passphrase in ${PASSWORD_ENV}, "
+                f"[{SECTION}] password_file, or at the prompt"
+            )
+        return password.encode("utf-8")
+
+    # -- index -----------------------------------------------------------------------------
+    def _fetch_segment(self, name: str) -> list[tuple[str, PackEntries]]:
+        key = INDEX_PREFIX + name
+        for source in ("cache", "bank"):
+            data = self._cache.get(name) if source == "cache" else None
+            if source == "bank":
+                try:
+                    data = self.section.get_object(key)
+                except ObjectNotFound:
+                    return []  # swept since it was listed
+            if data is None:
+                continue
+            try:
+                version, packs = decode_segment(data, self.keys.cipher)
+            except (DecryptError, ValueError, KeyError, TypeError) as exc:
+                if source == "cache":
+                    self._cache.drop(name)
+                    continue
+                raise CorruptDataError(
+                    f"{self.name}: index segment {key!r} is damaged ({exc})"
+                ) from None
+            if version > INDEX_VERSION:
+                raise UnsupportedFormatError(
+                    f"{self.name}: index segment {key!r} has format {version}, newer than "
+                    f"this Tutela reads ({INDEX_VERSION})"
+                )
+            if source == "bank":
+                self._cache.put(name, data)
+            return packs
+        return []
+
+    def _load_index(self) -> None:
+        """Read the segments not loaded yet (other writers' new ones)."""
+        names = {k[len(INDEX_PREFIX) :] for k in self.section.iter_objects(INDEX_PREFIX)}
+        for name in sorted(names - self._segments):
+            for pack, entries in self._fetch_segment(name):
+                self._index.add_pack(pack, entries)
+            self._segments.add(name)
+        self._cache.prune(names | self._segments)
+
+    def refresh(self) -> None:
+        """Pick up chunks that other processes wrote since open (reads do this on a miss)."""
+        self._load_index()
+
+    def has(self, chunk_id: str | bytes) -> bool:
+        """Whether the chunk is stored (or on its way: written but not flushed yet)."""
+        cid = bytes.fromhex(chunk_id) if isinstance(chunk_id, str) else chunk_id
+        return cid in self._index or cid in self._pending
+
+    # -- writing ---------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ContentStoreError(f"{self.name}: store is closed")
+        if self._error is not None:
+            raise ContentStoreError(
+                f"{self.name}: an earlier upload failed ({self._error}); unflushed data is lost"
+            ) from self._error
+
+    def write(self, stream: Iterable[bytes] | BinaryIO) -> FileRef:
+        """Chunk, dedupe, compress, encrypt and pack `stream`; returns its FileRef.
+
+        Memory stays bounded whatever the stream's size.  The data is durable once `flush()`
+        returns, not before.
+        """
+        self._check_usable()
+        self._ensure_lock()
+        hasher = self.keys.hasher()
+        chunks: list[tuple[str, int]] = []
+        size = 0
+        inflight: deque[Future[tuple[bytes, bytes, bytes | None]]] = deque()
+        try:
+            for data in self.chunker.chunks(stream):
+                hasher.update(data)
+                size += len(data)
+                inflight.append(self._pool.submit(self._prepare, data))
+                while len(inflight) >= self._inflight:
+                    self._commit(*inflight.popleft().result(), chunks)
+            while inflight:
+                self._commit(*inflight.popleft().result(), chunks)
+        finally:
+            for fut in inflight:
+                fut.cancel()
+        return FileRef(size, hasher.hexdigest(), tuple(chunks))
+
+    def write_file(self, path: str | os.PathLike[str]) -> FileRef:
+        with open(path, "rb") as fh:
+            return self.write(fh)
+
+    def write_bytes(self, data: bytes) -> FileRef:
+        return self.write([data])
+
+    def _prepare(self, data: bytes) -> tuple[bytes, bytes, bytes | None]:
+        """Worker-thread part: hash, and compress+encrypt unless already stored."""
+        cid = self.keys.chunk_id(data)
+        if cid in self._index or cid in self._pending:
+            return cid, data, None
+        return cid, data, self.codec.encode(cid, data)
+
+    def _commit(
+        self, cid: bytes, data: bytes, stored: bytes | None, chunks: list[tuple[str, int]]
+    ) -> None:
+        """Caller-thread part, in stream order: record the chunk, add it to the open pack."""
+        chunks.append((cid.hex(), len(data)))
+        upload = None
+        with self._lock:
+            self.stats.bytes_read += len(data)
+            self.stats.chunks += 1
+            if cid in self._index or cid in self._pending:
+                self.stats.chunks_deduplicated += 1
+            else:
+                if stored is None:  # known when hashed, gone since (a sweep): store it again
+                    stored = self.codec.encode(cid, data)
+                self._pending.add(cid)
+                self._builder.add(cid, stored, len(data))
+                self.stats.chunks_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += len(stored)
+                if self._builder.size >= self.pack_size:
+                    upload = self._seal_locked()
+        if upload is not None:
+            self._queue.put(upload)  # outside the lock; blocks while 2 packs wait: bounded
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+
+    def _seal_locked(self) -> _Upload | None:
+        """Close the open pack; the caller queues it after releasing the lock (the uploader
+        needs the lock too)."""
+        if not len(self._builder):
+            return None
+        self._check_usable()
+        name, blocks, entries = self._builder.seal(self.keys.cipher)
+        self._builder = PackBuilder()
+        self._outstanding += 1
+        return _Upload(name, blocks, entries)
+
+    def _wait_uploaded_locked(self) -> None:
+        while self._outstanding:
+            self._uploaded.wait()
+
+    def _upload_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if self._error is None:
+                    self._upload(item)
+            except BaseException as exc:
+                log.error("%s: pack upload failed: %s", self.name, exc)
+                self._error = exc
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
+                    self._uploaded.notify_all()
+
+    def _upload(self, item: _Upload) -> None:
+        self.section.update_object_stream(pack_key(item.name), item.blocks)
+        self._index.add_pack(item.name, item.entries)
+        with self._lock:
+            self._pending.difference_update(cid for cid, *_ in item.entries)
+            self.stats.packs_written += 1
+        with self._unindexed_lock:
+            self._unindexed.append((item.name, item.entries))
+            due = len(self._unindexed) >= SEGMENT_PACKS
+        if due:
+            self._write_segment()
+
+    def _write_segment(self) -> None:
+        """Write one index segment for the packs uploaded since the last one."""
+        with self._segment_lock:
+            with self._unindexed_lock:
+                packs, self._unindexed = self._unindexed, []
+            if not packs:
+                return
+            name = new_segment_name()
+            data = encode_segment(packs, self.keys.cipher)
+            try:
+                self.section.update_object(INDEX_PREFIX + name, data)
+            except BaseException:
+                with self._unindexed_lock:
+                    self._unindexed[:0] = packs
+                raise
+            self._segments.add(name)
+            self._cache.put(name, data)
+            with self._lock:
+                self.stats.index_segments_written += 1
+
+    def flush(self) -> None:
+        """Seal and upload the open pack, then write the index segment naming it.
+
+        Everything `write()` returned before this call is durable when it returns.
+        """
+        self._check_usable()
+        with self._lock:
+            upload = self._seal_locked()
+        if upload is not None:
+            self._queue.put(upload)
+        with self._lock:
+            self._wait_uploaded_locked()
+        self._check_usable()
+        self._write_segment()
+        self._refresh_lock()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _locate(self, cid: bytes) -> BlobEntry:
+        entry = self._index.get(cid)
+        if entry is None and cid in self._pending:
+            self.flush()
+            entry = self._index.get(cid)
+        if entry is None:
+            self._load_index()
+            entry = self._index.get(cid)
+        if entry is None:
+            raise MissingChunkError(f"{self.name}: chunk {cid.hex()} is in no index segment")
+        return entry
+
+    def _read_ranges(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
+        """The bytes at (offset, length) of a pack, streaming it once, stopping early."""
+        wanted = sorted(set(ranges))
+        out: dict[int, bytes] = {}
+        try:
+            stream = self.section.get_object_stream(pack_key(pack))
+        except ObjectNotFound:
+            raise CorruptDataError(
+                f"{self.name}: pack {pack} is missing from the bank", pack=pack
+            ) from None
+        pos = 0
+        parts: dict[int, list[bytes]] = {}
+        i = 0
+        for block in stream:
+            end = pos + len(block)
+            j = i
+            while j < len(wanted) and wanted[j][0] < end:
+                off, length = wanted[j]
+                lo, hi = max(off, pos), min(off + length, end)
+                if hi > lo:
+                    parts.setdefault(off, []).append(block[lo - pos : hi - pos])
+                if off + length <= end:
+                    out[off] = b"".join(parts.pop(off, []))
+                    if j == i:
+                        i += 1
+                j += 1
+            pos = end
+            if i >= len(wanted):
+                break
+        if hasattr(stream, "close"):
+            stream.close()
+        return out
+
+    def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | None) -> bytes:
+        where = f"{self.name}: chunk {cid.hex()} in pack {entry.pack} at offset {entry.offset}"
+        if stored is None or len(stored) != entry.length:
+            raise CorruptDataError(f"{where}: pack is truncated", entry.pack, cid.hex())
+        try:
+            raw = self.codec.decode(cid, stored, entry.raw_length)
+        except DecryptError:
+            raise CorruptDataError(
+                f"{where}: does not authenticate (damaged or altered)", entry.pack, cid.hex()
+            ) from None
+        except Exception as exc:
+            raise CorruptDataError(
+                f"{where}: cannot be decoded ({exc})", entry.pack, cid.hex()
+            ) from None
+        if len(raw) != entry.raw_length or self.keys.chunk_id(raw) != cid:
+            raise CorruptDataError(
+                f"{where}: content does not match its id (damaged)", entry.pack, cid.hex()
+            )
+        return raw
+
+    def read(self, ref: FileRef) -> Iterator[bytes]:
+        """Yield the file's bytes chunk by chunk, each checked against its id.
+
+        Raises CorruptDataError naming the pack and chunk on any damage, MissingChunkError
+        when a chunk is not in the store.
+        """
+        self._check_usable()
+        located = [(bytes.fromhex(c), n, self._locate(bytes.fromhex(c))) for c, n in ref.chunks]
+        hasher = self.keys.hasher()
+        # Runs of consecutive chunks in one pack are fetched with one request.
+        runs: list[list[tuple[bytes, int, BlobEntry]]] = []
+        for item in located:
+            run = runs[-1] if runs else None
+            if (
+                run
+                and run[-1][2].pack == item[2].pack
+                and sum(e.length for _, _, e in run) + item[2].length <= READ_RUN_BYTES
+            ):
+                run.append(item)
+            else:
+                runs.append([item])
+        for run in runs:
+            pack = run[0][2].pack
+            data = self._read_ranges(pack, [(e.offset, e.length) for _, _, e in run])
+            futures = [
+                self._pool.submit(self._decode, cid, e, data.get(e.offset)) for cid, _, e in run
+            ]
+            for (cid, size, _), fut in zip(run, futures, strict=True):
+                raw = fut.result()
+                if len(raw) != size:
+                    raise CorruptDataError(
+                        f"{self.name}: chunk {cid.hex()} has {len(raw)} bytes, the file "
+                        f"reference says {size}",
+                        pack,
+                        cid.hex(),
+                    )
+                hasher.update(raw)
+                with self._lock:
+                    self.stats.bytes_restored += len(raw)
+                if self.on_bytes is not None:
+                    self.on_bytes(len(raw))
+                yield raw
+        if hasher.hexdigest() != ref.digest:
+            raise CorruptDataError(f"{self.name}: file digest does not match its reference")
+
+    def read_bytes(self, ref: FileRef) -> bytes:
+        return b"".join(self.read(ref))
+
+    def read_to(self, ref: FileRef, out: BinaryIO) -> int:
+        n = 0
+        for block in self.read(ref):
+            out.write(block)
+            n += len(block)
+        return n
+
+    # -- checking --------------------------------------------------------------------------
+    def _reload_full(self) -> tuple[set[str], dict[str, PackEntries]]:
+        """Every segment name and the pack -> entries map, fresh from the bank."""
+        names = {k[len(INDEX_PREFIX) :] for k in self.section.iter_objects(INDEX_PREFIX)}
+        packs: dict[str, dict[bytes, tuple[bytes, int, int, int]]] = {}
+        for name in sorted(names):
+            for pack, entries in self._fetch_segment(name):
+                slot = packs.setdefault(pack, {})
+                for e in entries:
+                    slot[e[0]] = e
+        return names, {p: list(v.values()) for p, v in packs.items()}
+
+    def _bank_packs(self) -> set[str]:
+        return {k.rsplit("/", 1)[-1] for k in self.section.iter_objects(PACK_PREFIX)}
+
+    def verify(
+        self, read_data: bool = False, referenced: Iterable[str] | None = None
+    ) -> VerifyReport:
+        """Check the store: every indexed pack exists and is long enough; with `read_data`,
+        every pack hashes to its name and every chunk decrypts, decompresses and hashes to its
+        id.  `referenced` chunk ids (hex) must all be indexed.  Problems are listed, naming
+        the pack and chunk; nothing raises for damage."""
+        self.flush()
+        report = VerifyReport()
+        _, packs = self._reload_full()
+        in_bank = self._bank_packs()
+        report.unindexed_packs = sorted(in_bank - set(packs))
+        indexed: set[bytes] = set()
+        for pack, entries in sorted(packs.items()):
+            report.packs_checked += 1
+            indexed.update(e[0] for e in entries)
+            if pack not in in_bank:
+                report.errors.append(f"pack {pack}: missing ({len(entries)} chunks indexed)")
+                continue
+            if not read_data:
+                size = self.section.object_size(pack_key(pack))
+                end = max((off + ln for _, off, ln, _ in entries), default=0)
+                if size < end:
+                    report.errors.append(f"pack {pack}: {size} bytes, index needs {end}")
+                continue
+            report.errors.extend(self._verify_pack(pack, entries, report))
+        for cid in referenced or ():
+            if bytes.fromhex(cid) not in indexed:
+                report.errors.append(f"chunk {cid}: referenced but in no index segment")
+        return report
+
+    def _verify_pack(self, pack: str, entries: PackEntries, report: VerifyReport) -> list[str]:
+        try:
+            data = self.section.get_object(pack_key(pack))
+        except ObjectNotFound:
+            return [f"pack {pack}: missing"]
+        errors = []
+        if blake3.blake3(data).hexdigest() != pack:
+            errors.append(f"pack {pack}: content does not hash to its name (damaged)")
+        try:
+            header = {e[0]: e for e in parse_header(data, self.keys.cipher)}
+        except (DecryptError, ValueError) as exc:
+            errors.append(f"pack {pack}: header unreadable ({exc})")
+            header = {}
+        jobs = []
+        for cid, off, ln, raw in entries:
+            if header and header.get(cid) != (cid, off, ln, raw):
+                errors.append(f"pack {pack}: chunk {cid.hex()} not in the pack header as indexed")
+            entry = BlobEntry(pack, off, ln, raw)
+            jobs.append(self._pool.submit(self._decode, cid, entry, data[off : off + ln]))
+        for fut in jobs:
+            report.chunks_checked += 1
+            try:
+                fut.result()
+            except CorruptDataError as exc:
+                errors.append(str(exc))
+        return errors
+
+    # -- garbage collection ----------------------------------------------------------------
+    def sweep(self, referenced: Iterable[str], repack_threshold: float = 0.3) -> SweepReport:
+        """Delete packs holding no referenced chunk; repack packs whose unreferenced share of
+        bytes is at least `repack_threshold`; rewrite the index.
+
+        `referenced` must hold every chunk id (hex) that any checkpoint refers to.  Needs the
+        store to itself: refuses (StoreLockedError) while another writer holds a fresh lock.
+        Order: new packs, then new index segments, then delete old segments, then old packs,
+        so a crash at any point loses no referenced chunk.
+        """
+        if not 0.0 < repack_threshold <= 1.0:
+            raise ValueError("repack_threshold must be in (0, 1]")
+        live = {bytes.fromhex(c) for c in referenced}
+        self.flush()
+        report = SweepReport()
+        with self._lock:  # no writes through this object meanwhile
+            self._wait_uploaded_locked()  # packs sealed by other threads since flush()
+            self._write_segment()
+            self._write_lock(exclusive=True)
+            try:
+                self._check_no_other_locks(exclusive=True)
+                old_segments, packs = self._reload_full()
+                in_bank = self._bank_packs()
+                keep: dict[str, PackEntries] = {}
+                delete: set[str] = set(in_bank - set(packs))  # orphans of crashed writers
+                repack: dict[str, PackEntries] = {}
+                placed: set[bytes] = set()  # live chunks already given a home
+                for pack, entries in sorted(packs.items()):
+                    if pack not in in_bank:
+                        continue  # missing pack: verify reports it; nothing to keep
+                    total = sum(ln for _, _, ln, _ in entries)
+                    used = [e for e in entries if e[0] in live and e[0] not in placed]
+                    used_bytes = sum(e[2] for e in used)
+                    if not used:
+                        delete.add(pack)
+                    elif total and 1 - used_bytes / total >= repack_threshold:
+                        repack[pack] = used
+                        delete.add(pack)
+                    else:
+                        keep[pack] = entries
+                    placed.update(e[0] for e in used)
+                new_packs = self._repack(repack, report)
+                index_packs = list(keep.items()) + new_packs
+                new_segments: list[str] = []
+                for i in range(0, len(index_packs), 256):
+                    name = new_segment_name()
+                    data = encode_segment(index_packs[i : i + 256], self.keys.cipher)
+                    self.section.update_object(INDEX_PREFIX + name, data)
+                    self._cache.put(name, data)
+                    new_segments.append(name)
+                for name in old_segments:
+                    self.section.delete_object(INDEX_PREFIX + name)
+                report.segments_replaced = len(old_segments)
+                for pack in sorted(delete):
+                    with contextlib.suppress(ObjectNotFound):
+                        report.bytes_freed += self.section.object_size(pack_key(pack))
+                    self.section.delete_object(pack_key(pack))
+                    report.packs_deleted += 1
+                self._index = Index()
+                for pack, entries in index_packs:
+                    self._index.add_pack(pack, entries)
+                self._segments = set(new_segments)
+                self._cache.prune(self._segments)
+            finally:
+                self._write_lock(exclusive=False)
+        return report
+
+    def _repack(
+        self, repack: dict[str, PackEntries], report: SweepReport
+    ) -> list[tuple[str, PackEntries]]:
+        """Copy live blobs verbatim (a blob is bound to its chunk id, not its pack)."""
+        written: list[tuple[str, PackEntries]] = []
+        builder = PackBuilder()
+
+        def seal() -> None:
+            nonlocal builder
+            if len(builder):
+                name, blocks, entries = builder.seal(self.keys.cipher)
+                self.section.update_object_stream(pack_key(name), blocks)
+                written.append((name, entries))
+                report.packs_written += 1
+                builder = PackBuilder()
+
+        for pack, entries in sorted(repack.items()):
+            data = self._read_ranges(pack, [(off, ln) for _, off, ln, _ in entries])
+            for cid, off, ln, raw in entries:
+                blob = data.get(off)
+                if blob is None or len(blob) != ln:
+                    raise CorruptDataError(
+                        f"{self.name}: pack {pack} is truncated; sweep stopped, nothing deleted",
+                        pack,
+                        cid.hex(),
+                    )
+                builder.add(cid, blob, raw)
+                if builder.size >= self.pack_size:
+                    seal()
+            report.packs_repacked += 1
+        seal()
+        return written
+
+    # -- locks -----------------------------------------------------------------------------
+    def _write_lock(self, exclusive: bool) -> None:
+        plugin = self.section.bank.plugin
+        self.section.put_json(
+            LOCK_PREFIX + self._lock_id,
+            {
+                "owner": plugin.get_owner_id(),
+                "pid": os.getpid(),
+                "time": time.time(),
+                "exclusive": exclusive,
+            },
+        )
+        self._lock_written = time.monotonic()
+
+    def _other_locks(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        now = time.time()
+        for key in list(self.section.iter_objects(LOCK_PREFIX)):
+            if key == LOCK_PREFIX + self._lock_id:
+                continue
+            try:
+                doc = self.section.get_json(key)
+            except (ObjectNotFound, ValueError):
+                continue
+            if now - float(doc.get("time", 0)) < LOCK_STALE_SECONDS:
+                yield key, doc
+
+    def _check_no_other_locks(self, exclusive: bool) -> None:
+        for key, doc in self._other_locks():
+            if exclusive or doc.get("exclusive"):
+                kind = "a sweep" if doc.get("exclusive") else "a writer"
+                raise StoreLockedError(
+                    f"{self.name}: {kind} holds it ({doc.get('owner')}, pid {doc.get('pid')}, "
+                    f"lock {key!r}); try again later"
+                )
+
+    def _ensure_lock(self) -> None:
+        """Writers announce themselves so a sweep in another process waits for them."""
+        if self._lock_written:
+            return
+        with self._lock:
+            if self._lock_written:
+                return
+            self._write_lock(exclusive=False)
+            try:
+                self._check_no_other_locks(exclusive=False)
+            except StoreLockedError:
+                self.section.delete_object(LOCK_PREFIX + self._lock_id)
+                self._lock_written = 0.0
+                raise
+
+    def _refresh_lock(self) -> None:
+        if self._lock_written and time.monotonic() - self._lock_written > LOCK_REFRESH_SECONDS:
+            self._write_lock(exclusive=False)
+
+    # -- closing ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush, stop the threads and drop this writer's lock."""
+        if self._closed:
+            return
+        try:
+            if self._error is None:
+                self.flush()
+        finally:
+            self._closed = True
+            for _ in self._uploaders:
+                self._queue.put(None)
+            for t in self._uploaders:
+                t.join()
+            self._pool.shutdown(wait=True)
+            if self._lock_written and self.section.is_writable:
+                with contextlib.suppress(Exception):
+                    self.section.delete_object(LOCK_PREFIX + self._lock_id)

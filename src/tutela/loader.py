@@ -1,0 +1,115 @@
+"""Resolve a plugin reference (an entry-point name or `package.module:ClassName`), build the
+object with the provider's configuration, and check its contract before anything runs."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from typing import Any
+
+from tutela.errors import PluginError, TutelaError
+
+BANK_GROUP = "tutela.banks"
+PROTECTION_GROUP = "tutela.protections"
+PROTECTABLE_GROUP = "tutela.protectables"
+
+PLUGIN_METHODS = (
+    "get_supported_resources_types",
+    "get_protect_operation",
+    "get_restore_operation",
+    "get_delete_operation",
+)
+BANK_METHODS = (
+    "update_object",
+    "get_object",
+    "list_objects",
+    "delete_object",
+    "acquire_lease",
+    "renew_lease",
+    "check_lease_validity",
+    "get_owner_id",
+)
+PROTECTABLE_METHODS = (
+    "get_resource_type",
+    "get_parent_resource_types",
+    "list_resources",
+    "show_resource",
+    "get_dependent_resources",
+)
+
+
+def entry_point_names(group: str) -> list[str]:
+    return sorted({ep.name for ep in entry_points(group=group)})
+
+
+def load_class(reference: str, group: str) -> type:
+    """An entry-point name of `group`, or an import path `package.module:ClassName`
+    (`package.module.ClassName` is accepted too)."""
+    reference = reference.strip()
+    if not reference:
+        raise PluginError("empty plugin reference")
+    found = [ep for ep in entry_points(group=group) if ep.name == reference]
+    if found:
+        try:
+            return found[0].load()
+        except Exception as exc:
+            raise PluginError(
+                f"entry point {reference!r} ({found[0].value}) cannot be imported: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+    if ":" in reference:
+        module_name, _, attr = reference.partition(":")
+    elif "." in reference:
+        module_name, _, attr = reference.rpartition(".")
+    else:
+        known = ", ".join(entry_point_names(group)) or "none installed"
+        raise PluginError(f"unknown plugin {reference!r}: not an entry point of {group} ({known})")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise PluginError(
+            f"cannot import {module_name!r} for {reference!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginError(
+                f"{module_name!r} has no attribute {attr!r} (from {reference!r})"
+            ) from None
+    if not inspect.isclass(obj):
+        raise PluginError(f"{reference!r} is not a class")
+    return obj
+
+
+def instantiate(cls: type, config: Any) -> Any:
+    """Build a plugin, passing the provider config when its constructor takes an argument."""
+    try:
+        sig = inspect.signature(cls)
+        params = [
+            p
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind is p.VAR_POSITIONAL
+        ]
+        takes_config = bool(params)
+    except (TypeError, ValueError):
+        takes_config = True
+    try:
+        return cls(config) if takes_config else cls()
+    except TutelaError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"{cls.__module__}.{cls.__qualname__} failed to start: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def check_methods(obj: Any, methods: tuple[str, ...], what: str) -> None:
+    missing = [m for m in methods if not callable(getattr(obj, m, None))]
+    if missing:
+        cls = type(obj)
+        raise PluginError(
+            f"{cls.__module__}.{cls.__qualname__} is not a {what}: missing {', '.join(missing)}"
+        )

@@ -1,0 +1,352 @@
+"""One lifecycle for protect, restore and delete, driven by a table instead of three copies:
+build the flow, hold the bank lease, run the engine, record every resource, then set the final
+status (last, and only while the lease is still ours)."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tutela.checkpoint import (
+    AVAILABLE,
+    DELETED,
+    ERROR,
+    ERROR_DELETING,
+    SUCCESS,
+    Checkpoint,
+    RestoreRecord,
+)
+from tutela.engine import Engine, EngineListener, ExecutorPolicy
+from tutela.errors import HookError, LeaseError, OperationFailed, TutelaError
+from tutela.flow import Flow
+from tutela.plugin import HOOKS, call_hook, has_abort
+from tutela.resource import Resource
+
+if TYPE_CHECKING:
+    from tutela.provider import Provider
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    kind: str
+    ok_status: str
+    error_status: str
+    resource_ok: str
+    section_writable: bool
+
+
+SPECS = {
+    "protect": OperationSpec("protect", AVAILABLE, ERROR, "available", True),
+    "restore": OperationSpec("restore", SUCCESS, ERROR, "restored", False),
+    "delete": OperationSpec("delete", DELETED, ERROR_DELETING, "deleted", True),
+}
+
+
+class Progress:
+    """What an operation reports while it runs (the CLI renders it).  Calls may come from
+    hook threads; implementations must be thread-safe."""
+
+    def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None: ...
+
+    def task_started(self, resource: Resource, hook: str) -> None: ...
+
+    def task_finished(self, resource: Resource, hook: str, error: BaseException | None) -> None: ...
+
+    def bytes_moved(self, count: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def finished(self, status: str) -> None: ...
+
+
+class OperationContext:
+    """The `context` handed to hooks: who is running what, and a way to report progress."""
+
+    def __init__(self, provider: Provider, kind: str, record_id: str, progress: Progress):
+        self.provider = provider
+        self.provider_id = provider.id
+        self.config = provider.config
+        self.operation = kind
+        self.record_id = record_id
+        self.progress = progress
+        #: Restore: old resource key ("TYPE#ID") -> the new resource created for it, so a
+        #: parent's complete hook can find what its children became.
+        self.new_resources: dict[str, Any] = {}
+        self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def report_bytes(self, count: int) -> None:
+        self.progress.bytes_moved(count)
+
+    def set_new_resource(self, old: Resource, new: Any) -> None:
+        with self._lock:
+            self.new_resources[old.key] = new
+
+    def show_resource(self, resource_type: str, resource_id: str) -> Resource:
+        return self.provider.show_resource(resource_type, resource_id, context=self)
+
+
+class HookCheckpoint:
+    """The checkpoint as one hook sees it: its own resource's section (writable for protect
+    and delete, read-only for restore) and read-only views of other resources' sections."""
+
+    __slots__ = ("_checkpoint", "_resource", "_writable", "bank_section")
+
+    def __init__(self, checkpoint: Checkpoint, resource: Resource, writable: bool):
+        self._checkpoint = checkpoint
+        self._resource = resource
+        self._writable = writable
+        self.bank_section = checkpoint.resource_section(resource, writable)
+
+    @property
+    def id(self) -> str:
+        return self._checkpoint.id
+
+    @property
+    def provider_id(self) -> str:
+        return self._checkpoint.provider_id
+
+    @property
+    def created_at(self) -> str:
+        return self._checkpoint.created_at
+
+    @property
+    def status(self) -> str:
+        return self._checkpoint.status
+
+    @property
+    def resource_graph(self):
+        return self._checkpoint.graph()
+
+    def get_resource_bank_section(self, resource: Resource):
+        writable = self._writable and resource == self._resource
+        return self._checkpoint.resource_section(resource, writable)
+
+    def get_saved_info(self, resource: Resource) -> Any:
+        return self._checkpoint.resource_records().get(resource.key, {}).get("saved_info")
+
+
+class LeaseKeeper:
+    """Holds this process's liveness lease on the bank and renews it in the background."""
+
+    def __init__(self, provider: Provider):
+        self.plugin = provider.bank.plugin
+        self.interval = float(getattr(self.plugin, "renew_window", 30) or 30)
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LeaseKeeper:
+        if not self.plugin.acquire_lease(None):
+            raise LeaseError("could not take this process's bank lease")
+        self._thread = threading.Thread(target=self._renew, name="tutela-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.plugin.renew_lease(None)
+            except Exception as exc:  # noted; checked before the final status write
+                self.lost = f"{type(exc).__name__}: {exc}"
+
+    def valid(self) -> bool:
+        return self.lost is None and self.plugin.check_lease_validity(None)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.plugin.release_lease(None)
+        except Exception:
+            pass
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class _Recorder(EngineListener):
+    """Turns engine events into per-resource records and progress."""
+
+    def __init__(self, run: OperationRun):
+        self.run = run
+        self.flow = run.flow
+        self.failed: dict[int, tuple[str, BaseException]] = {}
+
+    def task_started(self, node: int) -> None:
+        self.run.progress.task_started(self.flow.resource(node), self.flow.hook_name(node))
+
+    def task_finished(self, node: int, error: BaseException | None) -> None:
+        resource = self.flow.resource(node)
+        hook = self.flow.hook_name(node)
+        if error is not None:
+            self.failed[node >> 2] = (hook, error)
+        self.run.progress.task_finished(resource, hook, error)
+
+    def resource_done(self, index: int) -> None:
+        self.run.record_resource(index, None)
+
+
+class OperationRun:
+    """One run of one operation over one flow, writing into one record."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        flow: Flow,
+        record: Checkpoint | RestoreRecord,
+        checkpoint: Checkpoint,
+        policy: ExecutorPolicy,
+        progress: Progress,
+    ):
+        self.provider = provider
+        self.flow = flow
+        self.spec = SPECS[flow.kind]
+        self.record = record
+        self.checkpoint = checkpoint
+        self.policy = policy
+        self.progress = progress
+        self.context = OperationContext(provider, flow.kind, record.id, progress)
+        self.result_arrays = None
+
+    def run_task(self, node: int) -> None:
+        flow = self.flow
+        r = node >> 2
+        resource = flow.graph.nodes[r]
+        hook = HOOKS[node & 3]
+        view = HookCheckpoint(self.checkpoint, resource, self.spec.section_writable)
+        kwargs = {
+            "checkpoint": view,
+            "context": self.context,
+            "resource": resource,
+            "parameters": flow.parameters[r],
+        }
+        if flow.kind == "restore":
+            kwargs["restore"] = self.record
+            kwargs["new_resources"] = self.context.new_resources
+        try:
+            call_hook(flow.operations[r], hook, kwargs)
+        except TutelaError:
+            raise
+        except Exception as exc:
+            raise HookError(resource, hook, exc) from exc
+
+    def record_resource(self, index: int, error: tuple[str, BaseException] | None) -> None:
+        resource = self.flow.graph.nodes[index]
+        record: dict[str, Any] = {"resource": resource.to_dict()}
+        hooks = {}
+        res = self.result_arrays
+        if res is not None:
+            started, finished = res
+            base = index << 2
+            for h in range(4):
+                if finished[base | h]:
+                    hooks[HOOKS[h]] = [round(started[base | h], 6), round(finished[base | h], 6)]
+        if hooks:
+            record["hooks"] = hooks
+        if error is None:
+            record["status"] = self.spec.resource_ok
+            if self.flow.kind == "protect" and self.flow.mask[index]:
+                record["saved_info"] = self.provider.saved_info(self.checkpoint, resource)
+            if self.flow.kind == "restore":
+                new = self.context.new_resources.get(resource.key)
+                if new is not None:
+                    record["new_resource"] = new.to_dict() if isinstance(new, Resource) else new
+        else:
+            hook, exc = error
+            record["status"] = "error"
+            record["error"] = {"hook": hook, "message": _error_text(_unwrap(exc))}
+        self.record.records.add(record)
+
+    def execute(self) -> None:
+        flow = self.flow
+        self.progress.started(flow.kind, self.record.id, len(flow.graph), flow.task_count)
+        recorder = _Recorder(self)
+        engine = Engine(flow, self.run_task, self.policy, recorder)
+        self.result_arrays = (engine.started, engine.finished)
+        with LeaseKeeper(self.provider) as lease:
+            engine_result = engine.run()
+            failures = engine_result.failures
+            if failures or engine_result.cancelled:
+                self._finish_failed(engine_result, recorder)
+                return
+            self.record.records.flush()
+            if not lease.valid():
+                message = f"lost the bank lease ({lease.lost or 'not renewed in time'})"
+                self.record.set_status(self.spec.error_status, error={"message": message})
+                self.progress.finished(self.spec.error_status)
+                raise OperationFailed(f"{flow.kind} {self.record.id}: {message}", self.record.id)
+            self.record.set_status(self.spec.ok_status)
+            self.progress.finished(self.spec.ok_status)
+
+    def _finish_failed(self, result, recorder: _Recorder) -> None:
+        flow = self.flow
+        errors = []
+        touched = {node >> 2 for node in result.ran}
+        for index, (hook, exc) in recorder.failed.items():
+            self.record_resource(index, (hook, exc))
+            errors.append(
+                {
+                    "resource": flow.graph.nodes[index].to_dict(),
+                    "hook": hook,
+                    "message": _error_text(_unwrap(exc)),
+                }
+            )
+        aborted = 0
+        for index in sorted(touched - set(recorder.failed)):
+            # Started but not finished: record as interrupted.
+            base = index << 2
+            finished_all = all(
+                not flow.mask[index] >> h & 1 or base | h in result.ran for h in range(4)
+            )
+            if not finished_all:
+                self.record_resource(index, ("(interrupted)", TutelaError("operation stopped")))
+        for index in sorted(touched):
+            op = flow.operations[index]
+            if op is not None and has_abort(op):
+                resource = flow.graph.nodes[index]
+                try:
+                    call_hook(
+                        op,
+                        "on_abort",
+                        {
+                            "checkpoint": HookCheckpoint(
+                                self.checkpoint, resource, self.spec.section_writable
+                            ),
+                            "context": self.context,
+                            "resource": resource,
+                            "parameters": flow.parameters[index],
+                            "error": errors[0]["message"] if errors else "cancelled",
+                        },
+                    )
+                    aborted += 1
+                except Exception as exc:
+                    self.progress.message(f"{resource.key}: on_abort failed: {_error_text(exc)}")
+        self.record.records.flush()
+        if result.cancelled and not errors:
+            errors.append({"message": "cancelled by the user"})
+        self.record.set_status(
+            self.spec.error_status, errors=errors, error=errors[0] if errors else None
+        )
+        self.progress.finished(self.spec.error_status)
+        first = errors[0] if errors else {"message": "failed"}
+        where = ""
+        if "resource" in first:
+            where = f"{first['resource']['type']}#{first['resource']['id']} {first['hook']}: "
+        raise OperationFailed(
+            f"{flow.kind} {self.record.id} ended in {self.spec.error_status}: {where}{first['message']}",
+            self.record.id,
+            errors,
+        )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    return exc.error if isinstance(exc, HookError) else exc
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))

@@ -1,0 +1,168 @@
+"""Rendering: tables, JSON, and the live progress of long operations (kept apart from the
+work itself, as restic keeps its ui package)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from tutela.operations import Progress
+from tutela.resource import Resource
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_json(value: Any, stream: IO[str] | None = None) -> None:
+    stream = stream or sys.stdout
+    json.dump(value, stream, indent=2, sort_keys=False, default=str)
+    stream.write("\n")
+
+
+def print_table(rows: list[list[Any]], headers: list[str], stream: IO[str] | None = None) -> None:
+    stream = stream or sys.stdout
+    cells = [[str(c) if c is not None else "" for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    stream.write(fmt.format(*headers).rstrip() + "\n")
+    for row in cells:
+        stream.write(fmt.format(*row).rstrip() + "\n")
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kind = ""
+        self.record_id = ""
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.bytes = 0
+        self.running: dict[tuple[Resource, str], float] = {}
+        self.t0 = time.monotonic()
+
+
+class PlainProgress(Progress):
+    """Plain lines on stderr: a start line, a status line every `interval` seconds, each
+    failure, and an end line.  For logs and pipes."""
+
+    def __init__(self, stream: IO[str] | None = None, interval: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.c = _Counts()
+        self._last = 0.0
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
+        with self.c.lock:
+            self.c.kind, self.c.record_id, self.c.total = kind, record_id, tasks
+            self.c.t0 = self._last = time.monotonic()
+        self._line(f"{kind} {record_id}: {resources} resources, {tasks} tasks")
+
+    def task_started(self, resource: Resource, hook: str) -> None:
+        with self.c.lock:
+            self.c.running[(resource, hook)] = time.monotonic()
+
+    def task_finished(self, resource: Resource, hook: str, error: BaseException | None) -> None:
+        with self.c.lock:
+            self.c.running.pop((resource, hook), None)
+            self.c.done += 1
+            if error is not None:
+                self.c.failed += 1
+            due = time.monotonic() - self._last >= self.interval
+            if due:
+                self._last = time.monotonic()
+        if error is not None:
+            self._line(f"  FAILED {resource.key} {hook}: {error}")
+        elif due:
+            self._status()
+
+    def _status(self) -> None:
+        c = self.c
+        elapsed = time.monotonic() - c.t0
+        self._line(f"  {c.done}/{c.total} tasks, {human_bytes(c.bytes)} moved, {elapsed:.1f} s")
+
+    def bytes_moved(self, count: int) -> None:
+        with self.c.lock:
+            self.c.bytes += count
+
+    def message(self, text: str) -> None:
+        self._line(f"  {text}")
+
+    def finished(self, status: str) -> None:
+        c = self.c
+        elapsed = time.monotonic() - c.t0
+        self._line(
+            f"{c.kind} {c.record_id}: {status} ({c.done}/{c.total} tasks, "
+            f"{human_bytes(c.bytes)} moved, {elapsed:.1f} s)"
+        )
+
+
+class LiveProgress(PlainProgress):
+    """A live display on a terminal: tasks done/total, bytes moved, current resources."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        super().__init__(stream, interval=1e9)
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=self.stream)
+        self.live = Live(
+            console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
+        )
+
+    def _render(self):
+        from rich.text import Text
+
+        c = self.c
+        with c.lock:
+            elapsed = time.monotonic() - c.t0
+            pct = (c.done / c.total * 100) if c.total else 100.0
+            bar_w = 30
+            filled = int(bar_w * pct / 100)
+            rate = c.bytes / elapsed if elapsed > 0 else 0
+            lines = [
+                f"{c.kind} {c.record_id}",
+                f"[{'#' * filled}{'.' * (bar_w - filled)}] {c.done}/{c.total} tasks  "
+                f"{human_bytes(c.bytes)} ({human_bytes(rate)}/s)  {elapsed:.1f} s"
+                + (f"  {c.failed} failed" if c.failed else ""),
+            ]
+            for (resource, hook), t in sorted(self.c.running.items(), key=lambda kv: kv[1])[:4]:
+                lines.append(f"  {hook:<18} {resource.key}  {time.monotonic() - t:.1f} s")
+        return Text("\n".join(lines))
+
+    def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
+        with self.c.lock:
+            self.c.kind, self.c.record_id, self.c.total = kind, record_id, tasks
+            self.c.t0 = time.monotonic()
+        self.live.start()
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def finished(self, status: str) -> None:
+        self.live.stop()
+        super().finished(status)
+
+
+def make_progress(quiet: bool = False, stream: IO[str] | None = None) -> Progress:
+    stream = stream or sys.stderr
+    if quiet:
+        return Progress()
+    if stream.isatty():
+        return LiveProgress(stream)
+    return PlainProgress(stream)

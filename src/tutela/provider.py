@@ -1,0 +1,554 @@
+"""The protection provider: one bank plus protection plugins (a resource type -> plugin map),
+with the protectables that discover resources and their dependencies.
+
+`ProviderRegistry` loads every `*.conf` file of the provider config dir; a bad file yields one
+error naming the file and key and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tutela.bank import Bank
+from tutela.checkpoint import (
+    AVAILABLE,
+    DELETED,
+    DELETING,
+    ERROR,
+    ERROR_DELETING,
+    Checkpoint,
+    CheckpointStore,
+    RestoreRecord,
+)
+from tutela.config import ProviderConfig, config_dir, provider_files
+from tutela.engine import ExecutorPolicy, make_policy
+from tutela.errors import (
+    CheckpointNotFound,
+    ConfigError,
+    MissingPluginError,
+    ParameterError,
+    PluginError,
+    ResourceError,
+    TutelaError,
+)
+from tutela.flow import Flow
+from tutela.graph import ResourceGraph, build_graph
+from tutela.loader import (
+    BANK_GROUP,
+    BANK_METHODS,
+    PLUGIN_METHODS,
+    PROTECTABLE_GROUP,
+    PROTECTABLE_METHODS,
+    PROTECTION_GROUP,
+    check_methods,
+    entry_points,
+    instantiate,
+    load_class,
+)
+from tutela.operations import OperationContext, OperationRun, Progress
+from tutela.parameters import ParameterValidator, check_parameters_shape, merged_parameters
+from tutela.plugin import PERMISSIVE_SCHEMA
+from tutela.resource import Resource
+
+log = logging.getLogger(__name__)
+
+SCHEMA_GETTERS = {
+    "protect": "get_options_schema",
+    "restore": "get_restore_schema",
+    "delete": None,
+}
+OPERATION_GETTERS = {
+    "protect": "get_protect_operation",
+    "restore": "get_restore_operation",
+    "delete": "get_delete_operation",
+}
+
+
+class DiscoveryContext:
+    """The `context` handed to protectables: the provider and a resolver for other types."""
+
+    def __init__(self, provider: Provider):
+        self.provider = provider
+        self.provider_id = provider.id
+        self.config = provider.config
+
+    def show_resource(self, resource_type: str, resource_id: str) -> Resource:
+        return self.provider.show_resource(resource_type, resource_id, context=self)
+
+
+class Provider:
+    """A loaded provider.  Build it with `Provider.from_config`."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        id: str,
+        name: str,
+        description: str,
+        bank_plugin: Any,
+        plugins: list[tuple[str, Any]],
+        protectables: list[tuple[str, Any]],
+        policy: ExecutorPolicy,
+    ):
+        self.config = config
+        self.id = id
+        self.name = name
+        self.description = description
+        self.bank = Bank(bank_plugin)
+        self.checkpoints = CheckpointStore(self.bank)
+        self.plugins = plugins
+        self.policy = policy
+        self.type_map: dict[str, Any] = {}
+        for _ref, plugin in plugins:
+            for t in plugin.get_supported_resources_types():
+                self.type_map[t] = plugin
+        self.protectables: dict[str, Any] = {}
+        self.protectable_refs: dict[str, str] = {}
+        for ref, protectable in protectables:
+            t = protectable.get_resource_type()
+            self.protectables[t] = protectable
+            self.protectable_refs[t] = ref
+        self._dependents_of: dict[str, list[Any]] = {}
+        for protectable in self.protectables.values():
+            for parent_type in protectable.get_parent_resource_types() or []:
+                self._dependents_of.setdefault(parent_type, []).append(protectable)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ProviderConfig) -> Provider:
+        path = config.path
+        if not config.has_section("provider"):
+            raise ConfigError(path, "has no [provider] section")
+        pid = config.get("provider", "id")
+        if not pid:
+            raise ConfigError(path, "is required", "provider.id")
+        name = config.get("provider", "name") or pid
+        description = config.get("provider", "description") or ""
+        bank_refs = config.get_list("provider", "bank")
+        if not bank_refs:
+            raise ConfigError(path, "is required (one bank plugin)", "provider.bank")
+        if len(bank_refs) > 1:
+            raise ConfigError(
+                path, "names more than one bank; a provider has exactly one", "provider.bank"
+            )
+        plugin_refs = config.get_list("provider", "plugin")
+        if not plugin_refs:
+            raise ConfigError(
+                path, "is required (at least one protection plugin)", "provider.plugin"
+            )
+
+        plugins: list[tuple[str, Any]] = []
+        owner: dict[str, str] = {}
+        for ref in plugin_refs:
+            try:
+                plugin = instantiate(load_class(ref, PROTECTION_GROUP), config)
+                check_methods(plugin, PLUGIN_METHODS, "protection plugin")
+                types = list(plugin.get_supported_resources_types())
+            except ConfigError:
+                raise
+            except TutelaError as exc:
+                raise ConfigError(path, f"{ref}: {exc}", "provider.plugin") from None
+            if not types:
+                raise ConfigError(path, f"{ref}: supports no resource type", "provider.plugin")
+            for t in types:
+                if t in owner:
+                    raise ConfigError(
+                        path,
+                        f"resource type {t!r} is claimed by both {owner[t]} and {ref}",
+                        "provider.plugin",
+                    )
+                owner[t] = ref
+            plugins.append((ref, plugin))
+
+        protectables = cls._load_protectables(config, plugin_refs, plugins, owner)
+        executor = config.get("provider", "executor") or "serial"
+        max_workers = config.get_int("provider", "max_workers")
+        try:
+            policy = make_policy(executor, max_workers)
+        except TutelaError as exc:
+            raise ConfigError(path, str(exc), "provider.executor") from None
+
+        try:
+            bank_plugin = instantiate(load_class(bank_refs[0], BANK_GROUP), config)
+            check_methods(bank_plugin, BANK_METHODS, "bank plugin")
+        except ConfigError:
+            raise
+        except TutelaError as exc:
+            raise ConfigError(path, f"{bank_refs[0]}: {exc}", "provider.bank") from None
+        return cls(
+            config,
+            id=pid,
+            name=name,
+            description=description,
+            bank_plugin=bank_plugin,
+            plugins=plugins,
+            protectables=protectables,
+            policy=policy,
+        )
+
+    @staticmethod
+    def _load_protectables(
+        config: ProviderConfig,
+        plugin_refs: list[str],
+        plugins: list[tuple[str, Any]],
+        owner: dict[str, str],
+    ) -> list[tuple[str, Any]]:
+        """Protectables: the `tutela.protectables` entry points named like the provider's
+        plugin entry points, the `protectable` keys of [provider], and whatever a plugin
+        offers through an optional `get_protectables()`."""
+        path = config.path
+        refs: list[str] = []
+        installed = {ep.name for ep in entry_points(group=PROTECTABLE_GROUP)}
+        refs.extend(ref for ref in plugin_refs if ref in installed)
+        refs.extend(config.get_list("provider", "protectable"))
+        found: list[tuple[str, Any]] = []
+        for ref in refs:
+            try:
+                protectable = instantiate(load_class(ref, PROTECTABLE_GROUP), config)
+                check_methods(protectable, PROTECTABLE_METHODS, "protectable")
+            except ConfigError:
+                raise
+            except TutelaError as exc:
+                raise ConfigError(path, f"{ref}: {exc}", "provider.protectable") from None
+            found.append((ref, protectable))
+        for ref, plugin in plugins:
+            extra = getattr(plugin, "get_protectables", None)
+            if callable(extra):
+                found.extend((ref, p) for p in extra())
+        seen: dict[str, str] = {}
+        for ref, protectable in found:
+            t = protectable.get_resource_type()
+            if t not in owner:
+                raise ConfigError(
+                    path,
+                    f"protectable {ref} is for resource type {t!r}, which no plugin of this "
+                    "provider supports",
+                    "provider.plugin",
+                )
+            if t in seen and seen[t] != ref:
+                raise ConfigError(
+                    path, f"two protectables for {t!r}: {seen[t]} and {ref}", "provider"
+                )
+            seen[t] = ref
+        return found
+
+    def close(self) -> None:
+        self.bank.plugin.close()
+
+    # -- lookups ---------------------------------------------------------------------------
+    @property
+    def resource_types(self) -> list[str]:
+        return sorted(self.type_map)
+
+    def plugin_for(self, resource_type: str) -> Any:
+        plugin = self.type_map.get(resource_type)
+        if plugin is None:
+            raise MissingPluginError(resource_type, self.name)
+        return plugin
+
+    def schema(self, resource_type: str, which: str) -> dict[str, Any]:
+        plugin = self.plugin_for(resource_type)
+        getter = getattr(plugin, which, None)
+        if getter is None:
+            return PERMISSIVE_SCHEMA
+        return getter(resource_type) or PERMISSIVE_SCHEMA
+
+    def describe(self) -> dict[str, Any]:
+        types = {}
+        for t in self.resource_types:
+            types[t] = {
+                "plugin": next(ref for ref, p in self.plugins if p is self.type_map[t]),
+                "protectable": self.protectable_refs.get(t),
+                "options_schema": self.schema(t, "get_options_schema"),
+                "restore_schema": self.schema(t, "get_restore_schema"),
+                "saved_info_schema": self.schema(t, "get_saved_info_schema"),
+            }
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "file": self.config.path,
+            "bank": self.bank.plugin.describe(),
+            "executor": self.policy.describe(),
+            "plugins": [ref for ref, _ in self.plugins],
+            "resource_types": types,
+        }
+
+    # -- resources and graphs --------------------------------------------------------------
+    def discovery_context(self) -> DiscoveryContext:
+        return DiscoveryContext(self)
+
+    def list_resources(
+        self, resource_type: str | None = None, context: Any = None
+    ) -> list[Resource]:
+        context = context or self.discovery_context()
+        types = [resource_type] if resource_type else sorted(self.protectables)
+        out: list[Resource] = []
+        for t in types:
+            protectable = self.protectables.get(t)
+            if protectable is None:
+                if t in self.type_map:
+                    continue
+                raise MissingPluginError(t, self.name)
+            out.extend(protectable.list_resources(context, None) or [])
+        return out
+
+    def show_resource(self, resource_type: str, resource_id: str, context: Any = None) -> Resource:
+        self.plugin_for(resource_type)
+        protectable = self.protectables.get(resource_type)
+        if protectable is None:
+            return Resource(resource_type, resource_id)
+        resource = protectable.show_resource(context or self.discovery_context(), resource_id)
+        if resource is None:
+            raise ResourceError(f"{resource_type} {resource_id!r} not found")
+        return resource
+
+    def build_graph(self, resources: Iterable[Resource], context: Any = None) -> ResourceGraph:
+        """The live graph of the selected resources; every type must map to a plugin."""
+        context = context or self.discovery_context()
+        sources = [self.show_resource(r.type, r.id, context) for r in resources]
+        dependents_of = self._dependents_of
+
+        def dependents(parent: Resource) -> list[Resource]:
+            out: list[Resource] = []
+            for protectable in dependents_of.get(parent.type, ()):
+                try:
+                    found = protectable.get_dependent_resources(context, parent)
+                except TutelaError:
+                    raise
+                except Exception as exc:
+                    # Never protect an incomplete graph silently.
+                    raise ResourceError(
+                        f"listing the dependents of {parent.key} through "
+                        f"{protectable.get_resource_type()} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                out.extend(found or [])
+            return out
+
+        graph = build_graph(sources, dependents)
+        self.check_types(graph)
+        return graph
+
+    def check_types(self, graph: ResourceGraph) -> None:
+        for t in sorted(graph.resource_types()):
+            self.plugin_for(t)
+
+    def build_flow(
+        self, kind: str, graph: ResourceGraph, parameters: dict[str, Any] | None = None
+    ) -> Flow:
+        """Operations and validated parameters for every resource, before anything runs."""
+        parameters = check_parameters_shape(parameters or {})
+        self.check_types(graph)
+        schema_getter = SCHEMA_GETTERS[kind]
+        validator = (
+            ParameterValidator(lambda t: self.schema(t, schema_getter), kind)
+            if schema_getter
+            else None
+        )
+        keys = {r.key for r in graph.nodes}
+        types = graph.resource_types()
+        for key in parameters:
+            if ("#" in key and key not in keys) or ("#" not in key and key not in types):
+                raise ParameterError(
+                    key, "(key)", "matches no resource type or resource in this graph"
+                )
+        get_op = OPERATION_GETTERS[kind]
+        operations: list[Any] = []
+        params_list: list[dict[str, Any]] = []
+        plugins = self.type_map
+        for resource in graph.nodes:
+            params = merged_parameters(parameters, resource)
+            if validator is not None:
+                validator.validate(
+                    resource, params, resource.key if resource.key in parameters else None
+                )
+            plugin = plugins[resource.type]
+            op = getattr(plugin, get_op, None)
+            operations.append(op(resource) if op is not None else None)
+            params_list.append(params)
+        return Flow(kind, graph, operations, params_list)
+
+    # -- the three operations --------------------------------------------------------------
+    def protect(
+        self,
+        resources: Iterable[Resource],
+        parameters: dict[str, Any] | None = None,
+        *,
+        policy: ExecutorPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> Checkpoint:
+        graph = self.build_graph(resources)
+        flow = self.build_flow("protect", graph, parameters)
+        checkpoint = self.checkpoints.create(
+            self.id, graph, parameters or {}, self.bank.plugin.get_owner_id()
+        )
+        OperationRun(
+            self, flow, checkpoint, checkpoint, policy or self.policy, progress or Progress()
+        ).execute()
+        return checkpoint
+
+    def restore(
+        self,
+        checkpoint_id: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        policy: ExecutorPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> RestoreRecord:
+        checkpoint = self.checkpoints.get(checkpoint_id)
+        if checkpoint.status != AVAILABLE:
+            raise TutelaError(
+                f"checkpoint {checkpoint_id} is {checkpoint.status}, not available; it cannot be restored"
+            )
+        flow = self.build_flow("restore", checkpoint.graph(), parameters)
+        record = self.checkpoints.create_restore(
+            checkpoint, self.id, parameters or {}, self.bank.plugin.get_owner_id()
+        )
+        OperationRun(
+            self, flow, record, checkpoint, policy or self.policy, progress or Progress()
+        ).execute()
+        return record
+
+    def delete(
+        self,
+        checkpoint_id: str,
+        *,
+        policy: ExecutorPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> Checkpoint:
+        checkpoint = self.checkpoints.get(checkpoint_id)
+        if checkpoint.status == DELETED:
+            raise TutelaError(f"checkpoint {checkpoint_id} is already deleted")
+        if checkpoint.status == DELETING and self._owner_alive(checkpoint):
+            raise TutelaError(
+                f"checkpoint {checkpoint_id} is being deleted by {checkpoint.index.get('owner_id')}"
+            )
+        if checkpoint.status not in (
+            AVAILABLE,
+            ERROR,
+            ERROR_DELETING,
+            DELETING,
+        ) and self._owner_alive(checkpoint):
+            raise TutelaError(
+                f"checkpoint {checkpoint_id} is {checkpoint.status} by a live owner "
+                f"({checkpoint.index.get('owner_id')}); wait for it to finish"
+            )
+        flow = self.build_flow("delete", checkpoint.graph(), {})
+        checkpoint.set_status(DELETING, owner_id=self.bank.plugin.get_owner_id())
+        OperationRun(
+            self, flow, checkpoint, checkpoint, policy or self.policy, progress or Progress()
+        ).execute()
+        # Plugins removed their data; sweep whatever is left under the checkpoint's data.
+        checkpoint.data_section().delete_all()
+        return checkpoint
+
+    def _owner_alive(self, checkpoint: Checkpoint) -> bool:
+        owner = checkpoint.index.get("owner_id")
+        if not owner:
+            return False
+        return self.bank.plugin.get_lease_owner(f"owner-{owner}") == owner
+
+    def is_stale(self, checkpoint: Checkpoint) -> bool:
+        """A `protecting`/`deleting` checkpoint whose owner's lease has lapsed."""
+        return checkpoint.status in ("protecting", DELETING) and not self._owner_alive(checkpoint)
+
+    def saved_info(self, checkpoint: Checkpoint, resource: Resource) -> Any:
+        plugin = self.type_map[resource.type]
+        getter = getattr(plugin, "get_saved_info", None)
+        if getter is None:
+            return None
+        info = getter(checkpoint.resource_section(resource, writable=False), resource)
+        return info
+
+    def operation_context(
+        self, kind: str, record_id: str, progress: Progress | None = None
+    ) -> OperationContext:
+        return OperationContext(self, kind, record_id, progress or Progress())
+
+
+class ProviderRegistry:
+    """Every provider of a config dir, plus the errors of the files that did not load."""
+
+    def __init__(
+        self, providers: list[Provider], errors: list[ConfigError], directory: Path | None = None
+    ):
+        self.providers = providers
+        self.errors = errors
+        self.directory = directory
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None) -> ProviderRegistry:
+        folder = config_dir(str(directory) if directory else None)
+        providers: list[Provider] = []
+        errors: list[ConfigError] = []
+        seen: dict[str, str] = {}
+        for path in provider_files(folder):
+            try:
+                config = ProviderConfig.read(path)
+                pid = config.get("provider", "id") if config.has_section("provider") else None
+                if pid and pid in seen:
+                    raise ConfigError(
+                        path, f"id {pid!r} is already used by {seen[pid]}", "provider.id"
+                    )
+                provider = Provider.from_config(config)
+            except ConfigError as exc:
+                errors.append(exc)
+                log.debug("provider file %s not loaded: %s", path, exc)
+                continue
+            except TutelaError as exc:
+                errors.append(ConfigError(path, str(exc)))
+                continue
+            seen[provider.id] = str(path)
+            providers.append(provider)
+        return cls(providers, errors, folder)
+
+    def get(self, ref: str) -> Provider:
+        for p in self.providers:
+            if p.id == ref:
+                return p
+        named = [p for p in self.providers if p.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise TutelaError(f"provider name {ref!r} is ambiguous; use its id")
+        hint = ""
+        if any(ref in str(e) for e in self.errors):
+            hint = " (its file has errors: see `tutela providers`)"
+        raise TutelaError(f"no provider {ref!r}{hint}")
+
+    def find_checkpoint(
+        self, checkpoint_id: str, provider: str | None = None
+    ) -> tuple[Provider, Checkpoint]:
+        candidates = [self.get(provider)] if provider else self.providers
+        for p in candidates:
+            if p.checkpoints.exists(checkpoint_id):
+                checkpoint = p.checkpoints.get(checkpoint_id)
+                owner = checkpoint.provider_id
+                if owner != p.id and not provider:
+                    for q in self.providers:
+                        if q.id == owner:
+                            return q, checkpoint
+                return p, checkpoint
+        raise CheckpointNotFound(f"no provider's bank holds checkpoint {checkpoint_id}")
+
+    def find_restore(self, restore_id: str) -> tuple[Provider, RestoreRecord]:
+        for p in self.providers:
+            try:
+                return p, p.checkpoints.get_restore(restore_id)
+            except CheckpointNotFound:
+                continue
+        raise CheckpointNotFound(f"no provider's bank holds restore {restore_id}")
+
+    def close(self) -> None:
+        for p in self.providers:
+            try:
+                p.close()
+            except Exception:
+                pass
+
+
+__all__ = ["DiscoveryContext", "PluginError", "Provider", "ProviderRegistry"]
