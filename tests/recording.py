@@ -1,0 +1,168 @@
+"""A protection plugin for tests: a scripted resource graph whose hooks record when they ran.
+
+Tests set `SCENARIO` (module state, in-process) and build providers whose plugins are
+`recording:RecordingPlugin` / `recording:RecordingProtectable`.  No mocks: the hooks are real
+code that the real engine calls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from tutela import Operation, Protectable, ProtectionPlugin, Resource
+from tutela.plugin import HOOKS
+
+TYPE = "Test::Node"
+
+
+class Scenario:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, graph: dict[str, list[str]] | None = None) -> None:
+        self.graph: dict[str, list[str]] = graph or {}
+        self.hooks: dict[str, set[str]] = {}  # resource id -> hooks implemented (default: all)
+        self.sleep: dict[tuple[str, str], float] = {}
+        self.fail: set[tuple[str, str]] = set()
+        self.calls: list[dict[str, Any]] = []
+        self.aborts: list[str] = []
+        self.lock = threading.Lock()
+        self.schema: dict[str, Any] = {"type": "object"}
+        self.restore_schema: dict[str, Any] = {"type": "object"}
+        self.seen_params: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def times(self) -> dict[tuple[str, str], tuple[float, float]]:
+        return {(c["id"], c["hook"]): (c["start"], c["end"]) for c in self.calls}
+
+
+SCENARIO = Scenario()
+
+
+def _make_hook(name: str):
+    def hook(self, checkpoint, context, resource, parameters, **kwargs):
+        start = time.perf_counter()
+        SCENARIO.seen_params[(resource.id, name)] = dict(parameters)
+        delay = SCENARIO.sleep.get((resource.id, name)) or SCENARIO.sleep.get(("*", name), 0)
+        if delay:
+            time.sleep(delay)
+        if (resource.id, name) in SCENARIO.fail:
+            raise RuntimeError(f"{name} of {resource.id} failed on purpose")
+        if name == "on_main" and context.operation == "protect":
+            checkpoint.bank_section.put_json("metadata", {"node": resource.id})
+        end = time.perf_counter()
+        with SCENARIO.lock:
+            SCENARIO.calls.append(
+                {
+                    "id": resource.id,
+                    "hook": name,
+                    "start": start,
+                    "end": end,
+                    "op": context.operation,
+                }
+            )
+
+    hook.__name__ = name
+    return hook
+
+
+_classes: dict[frozenset[str], type] = {}
+
+
+def operation_class(hooks: frozenset[str]) -> type:
+    cls = _classes.get(hooks)
+    if cls is None:
+        ns: dict[str, Any] = {name: _make_hook(name) for name in hooks}
+
+        def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
+            with SCENARIO.lock:
+                SCENARIO.aborts.append(resource.id)
+
+        ns["on_abort"] = on_abort
+        cls = _classes[hooks] = type("RecordingOperation", (Operation,), ns)
+    return cls
+
+
+def _op(resource: Resource) -> Operation:
+    hooks = SCENARIO.hooks.get(resource.id, set(HOOKS))
+    return operation_class(frozenset(hooks))()
+
+
+class RecordingPlugin(ProtectionPlugin):
+    def get_supported_resources_types(self):
+        return [TYPE]
+
+    def get_options_schema(self, resource_type):
+        return SCENARIO.schema
+
+    def get_restore_schema(self, resource_type):
+        return SCENARIO.restore_schema
+
+    def get_saved_info_schema(self, resource_type):
+        return {"type": "object", "properties": {"node": {"type": "string"}}}
+
+    def get_protect_operation(self, resource):
+        return _op(resource)
+
+    def get_restore_operation(self, resource):
+        return _op(resource)
+
+    def get_delete_operation(self, resource):
+        return _op(resource)
+
+
+class RecordingProtectable(Protectable):
+    def get_resource_type(self):
+        return TYPE
+
+    def get_parent_resource_types(self):
+        return [TYPE]
+
+    def list_resources(self, context, parameters=None):
+        return [Resource(TYPE, rid) for rid in SCENARIO.graph]
+
+    def show_resource(self, context, resource_id):
+        return Resource(TYPE, resource_id)
+
+    def get_dependent_resources(self, context, parent_resource):
+        return [Resource(TYPE, c) for c in SCENARIO.graph.get(parent_resource.id, [])]
+
+
+class ContractOnlyPlugin:
+    """Implements exactly the contract of the issue, inheriting nothing from Tutela."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def get_supported_resources_types(self):
+        return ["Test::Plain"]
+
+    def get_options_schema(self, resource_type):
+        return {"type": "object"}
+
+    def get_restore_schema(self, resource_type):
+        return {"type": "object"}
+
+    def get_saved_info_schema(self, resource_type):
+        return {"type": "object"}
+
+    def get_saved_info(self, metadata_store, resource):
+        return {"seen": True}
+
+    def get_protect_operation(self, resource):
+        return PlainOperation()
+
+    def get_restore_operation(self, resource):
+        return PlainOperation()
+
+    def get_delete_operation(self, resource):
+        return PlainOperation()
+
+
+PLAIN_CALLS: list[tuple[str, str]] = []
+
+
+class PlainOperation:
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        PLAIN_CALLS.append((resource.id, context.operation))
