@@ -1,0 +1,211 @@
+"""Flow overhead: build and run no-op flows of 1k, 10k and 100k resources.
+
+The graph is a forest: each root has 10 children, each child 3 grandchildren, and every 7th
+grandchild is also a dependent of a second parent (a diamond).  Every resource implements all
+four hooks as no-ops, so the figures are pure orchestration cost.  Each size runs in its own
+process so that peak memory (max RSS) is per size.
+
+    python benchmarks/flow_overhead.py                 # 1k, 10k, 100k
+    python benchmarks/flow_overhead.py --sizes 1000 --repeat 3
+    python benchmarks/flow_overhead.py --provider      # also a whole `protect` on a fs bank
+
+Prints, per size: graph build, flow build, run time (serial and threads), tasks/s, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from tutela import Operation, Protectable, ProtectionPlugin, Resource  # noqa: E402
+from tutela.engine import Engine, SerialPolicy, ThreadsPolicy  # noqa: E402
+from tutela.flow import Flow  # noqa: E402
+from tutela.graph import build_graph  # noqa: E402
+
+TYPE = "Bench::Node"
+FOREST: dict[str, list[str]] = {}
+
+
+def make_forest(n: int) -> tuple[list[str], dict[str, list[str]]]:
+    """Roots and child lists for about n resources."""
+    children: dict[str, list[str]] = {}
+    roots: list[str] = []
+    count = 0
+    grand = 0
+    all_children: list[str] = []
+    r = 0
+    while count < n:
+        root = f"r{r}"
+        roots.append(root)
+        children[root] = []
+        count += 1
+        for i in range(10):
+            child = f"r{r}c{i}"
+            children[root].append(child)
+            children[child] = []
+            all_children.append(child)
+            count += 1
+            for j in range(3):
+                g = f"r{r}c{i}g{j}"
+                children[child].append(g)
+                children[g] = []
+                count += 1
+                grand += 1
+                if grand % 7 == 0 and len(all_children) > 1:
+                    # A second parent: the previous child (another subtree when i == 0).
+                    children[all_children[-2]].append(g)
+        r += 1
+    return roots, children
+
+
+class Noop(Operation):
+    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
+        pass
+
+    def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
+        pass
+
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        pass
+
+    def on_complete(self, checkpoint, context, resource, parameters, **kwargs):
+        pass
+
+
+NOOP = Noop()
+
+
+class NoopPlugin(ProtectionPlugin):
+    def get_supported_resources_types(self):
+        return [TYPE]
+
+    def get_protect_operation(self, resource):
+        return NOOP
+
+    def get_saved_info(self, metadata_store, resource):
+        return None
+
+
+class ForestProtectable(Protectable):
+    def get_resource_type(self):
+        return TYPE
+
+    def get_parent_resource_types(self):
+        return [TYPE]
+
+    def get_dependent_resources(self, context, parent_resource):
+        return [Resource(TYPE, c) for c in FOREST.get(parent_resource.id, ())]
+
+
+def measure(n: int, repeat: int, with_provider: bool) -> dict:
+    roots, children = make_forest(n)
+    FOREST.clear()
+    FOREST.update(children)
+    out: dict = {"resources": len(children)}
+    t0 = time.perf_counter()
+    graph = build_graph(
+        [Resource(TYPE, r) for r in roots],
+        lambda res: [Resource(TYPE, c) for c in children[res.id]],
+    )
+    out["graph_build_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    flow = Flow("protect", graph, [NOOP] * len(graph), [{}] * len(graph))
+    flow.indegrees()
+    _ = graph.parents
+    out["flow_build_s"] = time.perf_counter() - t0
+    out["tasks"] = flow.task_count
+    out["edges"] = graph.edge_count()
+
+    def run_task(node: int) -> None:
+        op = flow.operations[node >> 2]
+        getattr(op, ("on_prepare_begin", "on_prepare_finish", "on_main", "on_complete")[node & 3])(
+            checkpoint=None, context=None, resource=flow.graph.nodes[node >> 2], parameters={}
+        )
+
+    for name, policy in (("serial", SerialPolicy()), ("threads", ThreadsPolicy(2))):
+        best = None
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            result = Engine(flow, run_task, policy).run()
+            dt = time.perf_counter() - t0
+            assert result.ok and result.completed == flow.task_count
+            best = dt if best is None else min(best, dt)
+        out[f"run_{name}_s"] = best
+        out[f"tasks_per_s_{name}"] = flow.task_count / best
+    if with_provider:
+        from tutela import Provider, ProviderConfig
+        from tutela.operations import Progress
+
+        with tempfile.TemporaryDirectory() as tmp:
+            provider = Provider.from_config(
+                ProviderConfig.from_dict(
+                    {
+                        "provider": {
+                            "id": "bench",
+                            "bank": "filesystem",
+                            "plugin": "flow_overhead:NoopPlugin",
+                            "protectable": "flow_overhead:ForestProtectable",
+                            "executor": "threads",
+                            "max_workers": 2,
+                        },
+                        "filesystem_bank": {"root": tmp, "fsync": "true"},
+                    }
+                )
+            )
+            import flow_overhead
+
+            flow_overhead.FOREST.update(children)
+            t0 = time.perf_counter()
+            cp = provider.protect([Resource(TYPE, r) for r in roots], progress=Progress())
+            out["protect_s"] = time.perf_counter() - t0
+            assert cp.status == "available"
+            out["protect_tasks_per_s"] = flow.task_count / out["protect_s"]
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--provider", action="store_true", help="also time a whole protect")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.repeat, args.provider)))
+        return
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    header = (
+        f"{'resources':>9} {'tasks':>7} {'graph s':>8} {'flow s':>7} {'serial s':>8} "
+        f"{'tasks/s':>9} {'threads s':>9} {'tasks/s':>9} {'peak MB':>8}"
+    )
+    if args.provider:
+        header += f" {'protect s':>9} {'tasks/s':>8}"
+    print(header)
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "--one", str(n), "--repeat", str(args.repeat)]
+        if args.provider:
+            cmd.append("--provider")
+        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        line = (
+            f"{res['resources']:>9} {res['tasks']:>7} {res['graph_build_s']:>8.3f} {res['flow_build_s']:>7.3f} "
+            f"{res['run_serial_s']:>8.3f} {res['tasks_per_s_serial']:>9.0f} {res['run_threads_s']:>9.3f} "
+            f"{res['tasks_per_s_threads']:>9.0f} {res['peak_rss_mb']:>8.0f}"
+        )
+        if args.provider:
+            line += f" {res['protect_s']:>9.3f} {res['protect_tasks_per_s']:>8.0f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
