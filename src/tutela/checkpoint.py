@@ -165,8 +165,13 @@ class Checkpoint(_Record):
         return self.index["created_at"]
 
     def graph(self) -> ResourceGraph:
+        """The saved resource graph (parsed once per Checkpoint object)."""
+        cached = self.__dict__.get("_graph")
+        if cached is not None:
+            return cached
         try:
-            return ResourceGraph.from_json(self.index["graph"])
+            self._graph = ResourceGraph.from_json(self.index["graph"])
+            return self._graph
         except (KeyError, ValueError, TypeError) as exc:
             raise TutelaError(
                 f"checkpoint {self.id}: its saved resource graph is unreadable: {exc}"
@@ -227,6 +232,7 @@ class CheckpointStore:
             **(extra or {}),
         }
         checkpoint = Checkpoint(self.bank, index)
+        checkpoint._graph = graph
         checkpoint._write_index()
         return checkpoint
 

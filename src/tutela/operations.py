@@ -120,6 +120,10 @@ class HookCheckpoint:
     def resource_graph(self):
         return self._checkpoint.graph()
 
+    def dependents(self) -> list[Resource]:
+        """The resources this resource depends on in the checkpoint's graph (its children)."""
+        return self._checkpoint.graph().dependents(self._resource)
+
     def get_resource_bank_section(self, resource: Resource):
         writable = self._writable and resource == self._resource
         return self._checkpoint.resource_section(resource, writable)

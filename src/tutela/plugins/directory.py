@@ -127,6 +127,11 @@ class ProtectDirectory(Operation):
             raise ResourceError(f"{TYPE} {root!r} no longer exists")
         section = checkpoint.bank_section
         exclude = {p.strip("/") for p in parameters.get("exclude", [])}
+        # Files that are resources of their own in this graph (e.g. a SQLite database under
+        # the folder) are protected by their own plugin, consistently; not copied raw here.
+        for dep in checkpoint.dependents():
+            if dep.id.startswith(root.rstrip("/") + "/"):
+                exclude.add(os.path.relpath(dep.id, root))
         st = os.stat(root)
         manifest: list[dict[str, Any]] = [
             {
@@ -217,8 +222,10 @@ def _safe_rel(rel: str) -> str:
 
 
 class RestoreDirectory(Operation):
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        section = checkpoint.bank_section
+    """prepare_begin claims the target (before any dependent, e.g. a database file inside it,
+    writes there); main writes the tree."""
+
+    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
         target = os.path.abspath(parameters.get("target") or resource.id)
         overwrite = bool(parameters.get("overwrite", False))
         if os.path.lexists(target) and not os.path.isdir(target):
@@ -227,6 +234,15 @@ class RestoreDirectory(Operation):
             raise TutelaError(
                 f"restore target {target!r} is not empty; set overwrite: true to restore into it"
             )
+        os.makedirs(target, exist_ok=True)
+        if target != resource.id:
+            context.set_new_resource(
+                resource, Resource(TYPE, target, name=os.path.basename(target))
+            )
+
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        section = checkpoint.bank_section
+        target = os.path.abspath(parameters.get("target") or resource.id)
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
         try:
@@ -269,10 +285,6 @@ class RestoreDirectory(Operation):
         for dest, entry in reversed(dirs):
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-        if target != resource.id:
-            context.set_new_resource(
-                resource, Resource(TYPE, target, name=os.path.basename(target))
-            )
 
     @staticmethod
     def _restore_file(section, entry: dict[str, Any], dest: str, context) -> None:
