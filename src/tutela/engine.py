@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from array import array
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from tutela.errors import PluginError, TutelaError
 from tutela.flow import Flow
+from tutela.scheduler import ReadyQueue, StackQueue, longest_remaining_path, node_weights
 
 EXECUTOR_GROUP = "tutela.executors"
+#: A hook kind whose mean duration is below this many seconds is batched.
+CHEAP = 0.0005
+MAX_BATCH = 64
 
 
 class EngineListener:
@@ -50,9 +55,12 @@ class EngineResult:
 
 
 class ExecutorPolicy:
-    """How hook tasks are executed.  `executor()` returns None to run them inline."""
+    """How hook tasks are executed.  `executor()` returns None to run them inline, or anything
+    with an Executor's `submit(fn, arg)`; the engine never needs the returned future."""
 
     name = "base"
+    #: Dispatch by longest remaining path (worth it only when tasks run in parallel).
+    prioritise = True
 
     def __init__(self, max_workers: int | None = None, **options: Any):
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
@@ -61,12 +69,18 @@ class ExecutorPolicy:
     def executor(self) -> Executor | None:
         raise NotImplementedError
 
+    def in_flight_limit(self) -> int:
+        """Batches handed to the executor at once; the rest wait in the engine's ready queue
+        so that the engine, not the executor's FIFO, decides what starts next."""
+        return self.max_workers
+
     def describe(self) -> str:
         return self.name
 
 
 class SerialPolicy(ExecutorPolicy):
     name = "serial"
+    prioritise = False
 
     def __init__(self, max_workers: int | None = None, **options: Any):
         super().__init__(1, **options)
@@ -75,11 +89,44 @@ class SerialPolicy(ExecutorPolicy):
         return None
 
 
+class HookThreads(Executor):
+    """A minimal thread pool: a shared queue and N daemon-free worker threads.  Lighter than
+    ThreadPoolExecutor (no futures), since the engine collects results itself."""
+
+    def __init__(self, workers: int):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"tutela-hook-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            fn, arg = item
+            fn(arg)
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        self._queue.put((fn, args[0]))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class ThreadsPolicy(ExecutorPolicy):
     name = "threads"
 
     def executor(self) -> Executor | None:
-        return ThreadPoolExecutor(self.max_workers, thread_name_prefix="tutela-hook")
+        return HookThreads(self.max_workers)
 
     def describe(self) -> str:
         return f"threads (max_workers={self.max_workers})"
@@ -138,8 +185,16 @@ class Engine:
         finished = self.finished
         result = EngineResult(started=started, finished=finished)
         parents = graph.parents
-        ready = [r << 2 for r in range(len(graph) - 1, -1, -1) if not parents[r]]
         successors = flow.successors
+        executor = self.policy.executor()
+        if executor is not None and self.policy.prioritise:
+            ready: Any = ReadyQueue(longest_remaining_path(flow, node_weights(flow)))
+        else:
+            ready = StackQueue()
+        push, pop = ready.push, ready.pop
+        for r in range(len(graph) - 1, -1, -1):
+            if not parents[r]:
+                push(r << 2)
 
         def advance(node: int) -> None:
             r = node >> 2
@@ -149,7 +204,7 @@ class Engine:
             for s in successors(node):
                 counts[s] -= 1
                 if counts[s] == 0:
-                    ready.append(s)
+                    push(s)
 
         def settle(node: int, t0: float, t1: float, error: BaseException | None) -> None:
             started[node] = t0
@@ -162,12 +217,11 @@ class Engine:
             else:
                 result.failures.append((node, error))
 
-        executor = self.policy.executor()
         stopping = False
         try:
             if executor is None:
                 while ready and not stopping:
-                    node = ready.pop()
+                    node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
                         advance(node)
                         continue
@@ -184,52 +238,80 @@ class Engine:
                     settle(node, t0, time.time(), error)
                     stopping = error is not None
                 return result
-
-            done: queue.SimpleQueue = queue.SimpleQueue()
-            run_task = self.run_task
-
-            def work(node: int) -> None:
-                t0 = time.time()
-                try:
-                    run_task(node)
-                    error = None
-                except BaseException as exc:  # reported, never lost in a worker
-                    error = exc
-                done.put((node, t0, time.time(), error))
-
-            limit = max(1, self.policy.max_workers)
-            inflight = 0
-            while True:
-                while ready and not stopping and inflight < limit:
-                    node = ready.pop()
-                    if not (mask[node >> 2] >> (node & 3)) & 1:
-                        advance(node)
-                        continue
-                    listener.task_started(node)
-                    try:
-                        executor.submit(work, node)
-                    except Exception as exc:
-                        settle(node, time.time(), time.time(), exc)
-                        stopping = True
-                        break
-                    inflight += 1
-                if inflight == 0:
-                    break
-                try:
-                    item = done.get()
-                except KeyboardInterrupt:
-                    result.cancelled = True
-                    stopping = True
-                    continue
-                inflight -= 1
-                node, t0, t1, error = item
-                settle(node, t0, t1, error)
-                if error is not None:
-                    stopping = True
-            return result
+            return self._run_parallel(executor, ready, settle, advance, result)
         except KeyboardInterrupt:
             result.cancelled = True
             return result
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run_parallel(self, executor, ready, settle, advance, result: EngineResult) -> EngineResult:
+        """Hand batches to the executor; cheap tasks (measured, under CHEAP seconds) travel
+        together, so thousands of no-op hooks do not cost thousands of round trips, while
+        slow hooks go one by one and never wait behind each other."""
+        flow = self.flow
+        mask = flow.mask
+        listener = self.listener
+        run_task = self.run_task
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        pop = ready.pop
+
+        def work(batch: list[int]) -> None:
+            out = []
+            for node in batch:
+                t0 = time.time()
+                try:
+                    run_task(node)
+                    error = None
+                except BaseException as exc:  # reported, never lost in a worker
+                    error = exc
+                out.append((node, t0, time.time(), error))
+            done.put(out)
+
+        cost = [CHEAP * 4] * 4  # mean seconds per hook kind, learned as tasks finish
+        limit = max(1, self.policy.in_flight_limit())
+        workers = max(1, self.policy.max_workers)
+        inflight = 0
+        stopping = False
+        while True:
+            while ready and not stopping and inflight < limit:
+                batch: list[int] = []
+                while ready and len(batch) < MAX_BATCH:
+                    node = pop()
+                    if not (mask[node >> 2] >> (node & 3)) & 1:
+                        advance(node)
+                        continue
+                    listener.task_started(node)
+                    batch.append(node)
+                    # Keep filling only with cheap tasks, and only while others remain for
+                    # the other workers.
+                    if cost[node & 3] >= CHEAP or len(ready) <= workers:
+                        break
+                if not batch:
+                    continue
+                try:
+                    executor.submit(work, batch)
+                except Exception as exc:
+                    now = time.time()
+                    for node in batch:
+                        settle(node, now, now, exc)
+                    stopping = True
+                    break
+                inflight += 1
+            if inflight == 0:
+                break
+            try:
+                items = done.get()
+            except KeyboardInterrupt:
+                result.cancelled = True
+                stopping = True
+                continue
+            inflight -= 1
+            for node, t0, t1, error in items:
+                h = node & 3
+                cost[h] = cost[h] * 0.9 + (t1 - t0) * 0.1
+                settle(node, t0, t1, error)
+                if error is not None:
+                    stopping = True
+        return result

@@ -92,13 +92,20 @@ class HookCheckpoint:
     """The checkpoint as one hook sees it: its own resource's section (writable for protect
     and delete, read-only for restore) and read-only views of other resources' sections."""
 
-    __slots__ = ("_checkpoint", "_resource", "_writable", "bank_section")
+    __slots__ = ("_checkpoint", "_resource", "_section", "_writable")
 
     def __init__(self, checkpoint: Checkpoint, resource: Resource, writable: bool):
         self._checkpoint = checkpoint
         self._resource = resource
         self._writable = writable
-        self.bank_section = checkpoint.resource_section(resource, writable)
+        self._section = None
+
+    @property
+    def bank_section(self):
+        """This resource's own section of the checkpoint (made on first use)."""
+        if self._section is None:
+            self._section = self._checkpoint.resource_section(self._resource, self._writable)
+        return self._section
 
     @property
     def id(self) -> str:

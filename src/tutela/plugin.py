@@ -34,6 +34,11 @@ class Operation:
     #: executors); by default none is retried.
     idempotent_hooks: frozenset[str] = frozenset()
 
+    def estimated_duration(self, hook: str) -> float | None:
+        """Seconds this hook is expected to take (e.g. from the data size), or None for the
+        default guess.  The scheduler starts the longest remaining path first."""
+        return None
+
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs) -> None:
         """Before any hook of this resource's dependents (e.g. quiesce)."""
 

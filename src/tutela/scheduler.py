@@ -1,0 +1,109 @@
+"""Which ready task runs next.
+
+Hooks are not free: main hooks move data for seconds or hours.  When workers are scarce, the
+order in which ready tasks start decides the makespan, so parallel policies dispatch by the
+*longest remaining path* (critical path first): the weight of a node plus the heaviest path
+from it to the end of the flow.  Weights come from `Operation.estimated_duration(hook)` when a
+plugin knows (e.g. from the data size) and from per-hook defaults otherwise.
+
+The serial policy has no choice to make that changes the makespan, so it uses a plain stack.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import deque
+
+from tutela.flow import COMPLETE, MAIN, PB, PF, Flow
+from tutela.plugin import HOOKS
+
+#: Default weights (relative): main hooks move data, the others are short by design.
+DEFAULT_WEIGHTS = (1.0, 1.0, 20.0, 1.0)
+
+
+def resource_order(flow: Flow) -> list[int]:
+    """Resources with every parent before its children (Kahn's algorithm, no recursion)."""
+    graph = flow.graph
+    parents = graph.parents
+    pending = [len(p) for p in parents]
+    order = [r for r in range(len(graph)) if pending[r] == 0]
+    i = 0
+    while i < len(order):
+        for c in graph.children[order[i]]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                order.append(c)
+        i += 1
+    return order
+
+
+def node_weights(flow: Flow, defaults: tuple[float, ...] = DEFAULT_WEIGHTS) -> array:
+    """Weight of every node: the plugin's estimate, else the default; 0 for pass-through."""
+    weights = array("d", bytes(8 * flow.node_count))
+    mask = flow.mask
+    for r, op in enumerate(flow.operations):
+        m = mask[r]
+        if not m:
+            continue
+        estimate = getattr(op, "estimated_duration", None)
+        for h in range(4):
+            if m >> h & 1:
+                value = estimate(HOOKS[h]) if estimate is not None else None
+                weights[(r << 2) | h] = defaults[h] if value is None else float(value)
+    return weights
+
+
+def longest_remaining_path(flow: Flow, weights: array) -> array:
+    """For every node, its weight plus the heaviest path to the end of the flow."""
+    graph = flow.graph
+    parents, children = graph.parents, graph.children
+    order = resource_order(flow)
+    lp = array("d", bytes(8 * flow.node_count))
+    # complete and prepare_finish lead to the parents' ones: go parents first.
+    for r in order:
+        b = r << 2
+        lp[b | COMPLETE] = weights[b | COMPLETE] + max(
+            (lp[(p << 2) | COMPLETE] for p in parents[r]), default=0.0
+        )
+        lp[b | MAIN] = weights[b | MAIN] + lp[b | COMPLETE]
+        lp[b | PF] = weights[b | PF] + max(
+            lp[b | MAIN], max((lp[(p << 2) | PF] for p in parents[r]), default=0.0)
+        )
+    # prepare_begin leads to the children's prepare_begin: go children first.
+    for r in reversed(order):
+        b = r << 2
+        lp[b | PB] = weights[b | PB] + max(
+            lp[b | PF], max((lp[(c << 2) | PB] for c in children[r]), default=0.0)
+        )
+    return lp
+
+
+class ReadyQueue:
+    """Ready nodes; `pop` returns the one with the longest remaining path (ties: first in)."""
+
+    __slots__ = ("_heap", "_lp", "_seq")
+
+    def __init__(self, priorities: array):
+        self._lp = priorities
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = 0
+
+    def push(self, node: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (-self._lp[node], self._seq, node))
+
+    def pop(self) -> int:
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class StackQueue(deque):
+    """Ready nodes for the serial policy: last in, first out (depth first)."""
+
+    push = deque.append
+
+
+__all__ = ["DEFAULT_WEIGHTS", "ReadyQueue", "StackQueue", "longest_remaining_path", "node_weights"]
