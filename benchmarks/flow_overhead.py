@@ -8,6 +8,16 @@ process so that peak memory (max RSS) is per size.
     python benchmarks/flow_overhead.py                 # 1k, 10k, 100k
     python benchmarks/flow_overhead.py --sizes 1000 --repeat 3
     python benchmarks/flow_overhead.py --provider      # also a whole `protect` on a fs bank
+    python benchmarks/flow_overhead.py --compare taskflow --sizes 1000 10000
+                                                       # the same flow in taskflow, and a bare
+                                                       # graphlib loop, side by side (ratios)
+
+taskflow is a benchmark extra (`pip install -e .[bench]`), never a runtime dependency.  Its
+`graph_flow.link()` copies and re-checks the whole graph per edge, and its compiler merges
+child graphs one copy at a time (both quadratic: about 2 minutes and 2.4 GB at 1k resources,
+hours at 10k), so here the flow gets every edge added to its underlying graph in one step and
+validated once, and the compiler's merge is done in one pass; the compiled flow is the same.
+taskflow's figures are therefore its best case.
 
 Prints, per size: graph build, flow build, run time (serial and threads), tasks/s, peak RSS.
 """
@@ -25,10 +35,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from tutela import Operation, Protectable, ProtectionPlugin, Resource  # noqa: E402
-from tutela.engine import Engine, SerialPolicy, ThreadsPolicy  # noqa: E402
-from tutela.flow import Flow  # noqa: E402
-from tutela.graph import build_graph  # noqa: E402
+from tutela import Operation, Protectable, ProtectionPlugin, Resource
+from tutela.engine import Engine, SerialPolicy, ThreadsPolicy
+from tutela.flow import Flow
+from tutela.graph import build_graph
 
 TYPE = "Bench::Node"
 FOREST: dict[str, list[str]] = {}
@@ -172,6 +182,108 @@ def measure(n: int, repeat: int, with_provider: bool) -> dict:
     return out
 
 
+def measure_taskflow(n: int) -> dict:
+    """The same forest, four no-op tasks per resource, the six rules as explicit links."""
+    from taskflow import engines, task
+    from taskflow import flow as tf_flow
+    from taskflow.patterns import graph_flow
+    from taskflow.types import graph as tf_graph
+
+    def merge_graphs_linear(graph, *graphs, **kwargs):
+        """taskflow's merge_graphs composes one child graph at a time, copying the whole
+        graph each time (quadratic); this merges them all in one pass (same result)."""
+        if not graphs:
+            return graph
+        merged = tf_graph.DiGraph(graph)
+        for g in graphs:
+            merged.add_nodes_from(g.nodes(data=True))
+            merged.add_edges_from(g.edges(data=True))
+        merged.name = graph.name
+        return merged
+
+    tf_graph.merge_graphs = merge_graphs_linear
+
+    class NoopTask(task.Task):
+        def execute(self):
+            pass
+
+    roots, children = make_forest(n)
+    out: dict = {"resources": len(children)}
+    t0 = time.perf_counter()
+    graph = build_graph(
+        [Resource(TYPE, r) for r in roots],
+        lambda res: [Resource(TYPE, c) for c in children[res.id]],
+    )
+    flow = Flow("protect", graph, [NOOP] * len(graph), [{}] * len(graph))
+    tasks = [NoopTask(name=f"n{node}") for node in range(flow.node_count)]
+    gf = graph_flow.Flow("bench")
+    g = tf_graph.DiGraph(gf._graph)
+    g.add_nodes_from(tasks)
+    for node in range(flow.node_count):
+        for succ in flow.successors(node):
+            g.add_edge(tasks[node], tasks[succ], **{tf_flow.LINK_MANUAL: True})
+    gf._swap(g)
+    out["flow_build_s"] = time.perf_counter() - t0
+    out["tasks"] = len(tasks)
+    for name, kind in (("serial", "serial"), ("parallel", "parallel")):
+        t0 = time.perf_counter()
+        engine = (
+            engines.load(gf, engine=kind, max_workers=2) if kind == "parallel" else engines.load(gf)
+        )
+        engine.compile()
+        engine.prepare()
+        out[f"compile_{name}_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine.run()
+        out[f"run_{name}_s"] = time.perf_counter() - t0
+        out[f"tasks_per_s_{name}"] = len(tasks) / (out[f"run_{name}_s"] + out[f"compile_{name}_s"])
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def measure_graphlib(n: int) -> dict:
+    """A bare graphlib.TopologicalSorter loop over the same tasks: the floor for an engine."""
+    import concurrent.futures as cf
+    import graphlib
+
+    roots, children = make_forest(n)
+    graph = build_graph(
+        [Resource(TYPE, r) for r in roots],
+        lambda res: [Resource(TYPE, c) for c in children[res.id]],
+    )
+    flow = Flow("protect", graph, [NOOP] * len(graph), [{}] * len(graph))
+    names = ("on_prepare_begin", "on_prepare_finish", "on_main", "on_complete")
+
+    def run(node: int) -> None:
+        getattr(NOOP, names[node & 3])(checkpoint=None, context=None, resource=None, parameters={})
+
+    out: dict = {}
+    for mode in ("serial", "pool2"):
+        ts: graphlib.TopologicalSorter = graphlib.TopologicalSorter()
+        for node in range(flow.node_count):
+            ts.add(node, *flow.predecessors(node))
+        ts.prepare()
+        t0 = time.perf_counter()
+        if mode == "serial":
+            while ts.is_active():
+                for node in ts.get_ready():
+                    run(node)
+                    ts.done(node)
+        else:
+            with cf.ThreadPoolExecutor(2) as ex:
+                pending: set = set()
+                while ts.is_active():
+                    for node in ts.get_ready():
+                        fut = ex.submit(run, node)
+                        fut.node = node  # type: ignore[attr-defined]
+                        pending.add(fut)
+                    finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        ts.done(fut.node)  # type: ignore[attr-defined]
+        out[f"tasks_per_s_{mode}"] = flow.node_count / (time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,10 +291,17 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--provider", action="store_true", help="also time a whole protect")
+    ap.add_argument("--compare", choices=["taskflow"], help="also run the same flow in taskflow")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--what", default="tutela", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.repeat, args.provider)))
+        if args.what == "taskflow":
+            print(json.dumps(measure_taskflow(args.one)))
+        elif args.what == "graphlib":
+            print(json.dumps(measure_graphlib(args.one)))
+        else:
+            print(json.dumps(measure(args.one, args.repeat, args.provider)))
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     header = (
@@ -192,6 +311,7 @@ def main() -> None:
     if args.provider:
         header += f" {'protect s':>9} {'tasks/s':>8}"
     print(header)
+    results: dict = {}
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--repeat", str(args.repeat)]
         if args.provider:
@@ -204,6 +324,48 @@ def main() -> None:
         )
         if args.provider:
             line += f" {res['protect_s']:>9.3f} {res['protect_tasks_per_s']:>8.0f}"
+        print(line, flush=True)
+        if args.compare:
+            results[n] = res
+    if args.compare:
+        compare(args, results)
+
+
+def _child(what: str, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", str(n), "--what", what]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def compare(args, results: dict) -> None:
+    print(
+        "\ntaskflow (graph flow, explicit links; serial and parallel engines, 2 workers) and bare graphlib:"
+    )
+    print(
+        f"{'resources':>9} {'tf build s':>10} {'tf serial s':>11} {'tf par s':>9} {'tf tasks/s':>10} "
+        f"{'tf MB':>6} {'glib ser/s':>10} {'glib pool/s':>11} | {'threads/tf':>10} {'protect/tf':>10} "
+        f"{'threads/glib':>12}"
+    )
+    for n, res in results.items():
+        tf = _child("taskflow", n)
+        gl = _child("graphlib", n)
+        tf_rate = max(tf["tasks_per_s_serial"], tf["tasks_per_s_parallel"])
+        tf_total_serial = tf["compile_serial_s"] + tf["run_serial_s"]
+        tf_total_par = tf["compile_parallel_s"] + tf["run_parallel_s"]
+        # Tutela's end to end: graph + flow build + threaded run (or a whole protect).
+        tutela_rate = res["tasks"] / (
+            res["graph_build_s"] + res["flow_build_s"] + res["run_threads_s"]
+        )
+        line = (
+            f"{res['resources']:>9} {tf['flow_build_s']:>10.2f} {tf_total_serial:>11.2f} {tf_total_par:>9.2f} "
+            f"{tf_rate:>10.0f} {tf['peak_rss_mb']:>6.0f} {gl['tasks_per_s_serial']:>10.0f} "
+            f"{gl['tasks_per_s_pool2']:>11.0f} | {tutela_rate / tf_rate:>9.1f}x "
+        )
+        line += (
+            f"{res['protect_tasks_per_s'] / tf_rate:>9.1f}x "
+            if "protect_tasks_per_s" in res
+            else f"{'-':>10} "
+        )
+        line += f"{res['tasks_per_s_threads'] / gl['tasks_per_s_pool2']:>11.2f}x"
         print(line, flush=True)
 
 

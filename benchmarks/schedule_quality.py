@@ -23,25 +23,32 @@ from array import array
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from flow_overhead import NOOP, TYPE, make_forest  # noqa: E402
+from flow_overhead import NOOP, TYPE, make_forest
 
-from tutela import Resource  # noqa: E402
-from tutela.flow import Flow  # noqa: E402
-from tutela.graph import build_graph  # noqa: E402
-from tutela.scheduler import longest_remaining_path, lower_bound, node_weights, simulate  # noqa: E402
+from tutela import Resource
+from tutela.flow import Flow
+from tutela.graph import build_graph
+from tutela.scheduler import longest_remaining_path, lower_bound, node_weights, simulate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10_000])
     ap.add_argument("--workers", type=int, nargs="+", default=[4, 8, 32])
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    print(f"{'resources':>9} {'workers':>7} {'bound s':>9} {'estimates':>9} {'defaults':>9} {'fifo':>7}  (makespan / bound)")
+    print(
+        f"{'resources':>9} {'workers':>7} {'bound s':>9} {'estimates':>9} {'defaults':>9} {'fifo':>7}  (makespan / bound)"
+    )
     worst = {"estimates": 1.0, "defaults": 1.0, "fifo": 1.0}
     for n in args.sizes:
         roots, children = make_forest(n)
-        graph = build_graph([Resource(TYPE, r) for r in roots], lambda r: [Resource(TYPE, c) for c in children[r.id]])
+        graph = build_graph(
+            [Resource(TYPE, r) for r in roots],
+            lambda r, ch=children: [Resource(TYPE, c) for c in ch[r.id]],
+        )
         flow = Flow("protect", graph, [NOOP] * len(graph), [{}] * len(graph))
         rng = random.Random(args.seed)
         durations = array("d", bytes(8 * flow.node_count))
@@ -55,7 +62,11 @@ def main() -> None:
             bound = lower_bound(flow, durations, w)
             ratios = {
                 name: simulate(flow, durations, w, prio) / bound
-                for name, prio in (("estimates", by_estimates), ("defaults", by_defaults), ("fifo", fifo))
+                for name, prio in (
+                    ("estimates", by_estimates),
+                    ("defaults", by_defaults),
+                    ("fifo", fifo),
+                )
             }
             for k, v in ratios.items():
                 worst[k] = max(worst[k], v)

@@ -10,9 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tutela import Provider, ProviderConfig  # noqa: E402
-
-import recording  # noqa: E402
+import recording
+from tutela import Provider, ProviderConfig
 
 # Service fixtures (each module starts a real service once per session when a test needs it).
 pytest_plugins: list[str] = [

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from tutela.cli import main
 from tutela.bank import Bank, validate_key
 from tutela.bank.filesystem import FilesystemBank
+from tutela.cli import main
 from tutela.errors import InvalidKeyError, ReadOnlyError
 
 DIR = "Tutela::Directory"
@@ -108,7 +108,18 @@ def test_console_script_runs(setup):
 
 
 # -- filesystem bank key validation (the conformance suite covers every bank) ------------
-HOSTILE = ["../x", "a/../../b", "/etc/passwd", "a//b", "a/./b", "a\\b", "a\x00b", "a\nb", "", "x" * 2000]
+HOSTILE = [
+    "../x",
+    "a/../../b",
+    "/etc/passwd",
+    "a//b",
+    "a/./b",
+    "a\\b",
+    "a\x00b",
+    "a\nb",
+    "",
+    "x" * 2000,
+]
 
 
 @pytest.mark.parametrize("key", HOSTILE)
@@ -156,4 +167,6 @@ def test_filesystem_bank_writes_atomically_and_lists_in_order(tmp_path):
     with pytest.raises(RuntimeError):
         bank.update_object_stream("c", failing())
     assert bank.get_object("c") == b"old"
-    assert not [p for p in (tmp_path / "bank" / "objects").iterdir() if p.name.startswith(".tutela-tmp")]
+    assert not [
+        p for p in (tmp_path / "bank" / "objects").iterdir() if p.name.startswith(".tutela-tmp")
+    ]

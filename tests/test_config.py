@@ -41,12 +41,36 @@ def test_bad_files_yield_one_error_each_and_the_rest_load(env_config_dir, tmp_pa
     write(d, "no-id.conf", "[provider]\nname = x\nbank = filesystem\nplugin = directory\n")
     write(d, "twin.conf", GOOD.format(root=bank).replace("name = good", "name = twin"))
     write(d, "no-bank.conf", "[provider]\nid = nb\nplugin = directory\n")
-    write(d, "two-banks.conf", "[provider]\nid = tb\nbank = filesystem\nbank = filesystem\nplugin = directory\n")
-    write(d, "unknown-plugin.conf", "[provider]\nid = up\nbank = filesystem\nplugin = no-such-plugin\n")
-    write(d, "unimportable.conf", "[provider]\nid = ui\nbank = filesystem\nplugin = no_such_module:Plugin\n")
-    write(d, "same-type.conf", "[provider]\nid = st\nbank = filesystem\nplugin = directory\nplugin = tutela.plugins.directory:DirectoryProtectionPlugin\n")
-    write(d, "bank-fails.conf", "[provider]\nid = bf\nbank = filesystem\nplugin = directory\n[filesystem_bank]\nroot = /proc/nope/bank\n")
-    write(d, "bad-int.conf", "[provider]\nid = bi\nbank = filesystem\nplugin = directory\nmax_workers = many\n")
+    write(
+        d,
+        "two-banks.conf",
+        "[provider]\nid = tb\nbank = filesystem\nbank = filesystem\nplugin = directory\n",
+    )
+    write(
+        d,
+        "unknown-plugin.conf",
+        "[provider]\nid = up\nbank = filesystem\nplugin = no-such-plugin\n",
+    )
+    write(
+        d,
+        "unimportable.conf",
+        "[provider]\nid = ui\nbank = filesystem\nplugin = no_such_module:Plugin\n",
+    )
+    write(
+        d,
+        "same-type.conf",
+        "[provider]\nid = st\nbank = filesystem\nplugin = directory\nplugin = tutela.plugins.directory:DirectoryProtectionPlugin\n",
+    )
+    write(
+        d,
+        "bank-fails.conf",
+        "[provider]\nid = bf\nbank = filesystem\nplugin = directory\n[filesystem_bank]\nroot = /proc/nope/bank\n",
+    )
+    write(
+        d,
+        "bad-int.conf",
+        "[provider]\nid = bi\nbank = filesystem\nplugin = directory\nmax_workers = many\n",
+    )
     write(d, "garbage.conf", "this is not ini\n")
     reg = ProviderRegistry.load()
     assert [p.id for p in reg.providers] == ["good-1"]

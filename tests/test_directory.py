@@ -42,7 +42,8 @@ def snapshot(root):
             if stat.S_ISLNK(st.st_mode):
                 entry["target"] = os.readlink(full)
             elif stat.S_ISREG(st.st_mode):
-                entry["sha"] = hashlib.sha256(open(full, "rb").read()).hexdigest()
+                with open(full, "rb") as fh:
+                    entry["sha"] = hashlib.sha256(fh.read()).hexdigest()
                 entry["size"] = st.st_size
                 entry["mtime_ns"] = st.st_mtime_ns
             out[rel] = entry
@@ -57,7 +58,11 @@ def test_round_trip_is_byte_identical(make_provider, tmp_path):
     cp = provider.protect([Resource(DIR, str(src))])
     assert cp.status == "available"
     info = cp.resource_records()[f"{DIR}#{src}"]["saved_info"]
-    assert info["files"] == 4 and info["symlinks"] == 3 and info["bytes"] == 3 * 1024 * 1024 + 17 + 1 + 6000
+    assert (
+        info["files"] == 4
+        and info["symlinks"] == 3
+        and info["bytes"] == 3 * 1024 * 1024 + 17 + 1 + 6000
+    )
     target = tmp_path / "restored"
     provider.restore(cp.id, {DIR: {"target": str(target)}})
     assert snapshot(target) == snapshot(src)
@@ -100,7 +105,12 @@ def test_damaged_bank_copy_is_caught_on_restore(make_provider, tmp_path):
     (src / "f").write_bytes(b"important data" * 1000)
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
-    obj = tmp_path / "bank" / "objects" / f"checkpoints/{cp.id}/data/{resource_key(Resource(DIR, str(src)))}/files/00000000"
+    obj = (
+        tmp_path
+        / "bank"
+        / "objects"
+        / f"checkpoints/{cp.id}/data/{resource_key(Resource(DIR, str(src)))}/files/00000000"
+    )
     data = bytearray(obj.read_bytes())
     data[100] ^= 0x01
     obj.write_bytes(bytes(data))
@@ -183,7 +193,7 @@ def test_group_release_runs_when_a_member_fails(make_provider, tmp_path):
         f'prepare_begin_command = ["sh", "-c", "echo quiesce >> {log}"]\n'
         f'prepare_finish_command = ["sh", "-c", "echo release >> {log}"]\n'
         "[groups.inner]\n"
-        'members = []\n'
+        "members = []\n"
         'prepare_begin_command = ["false"]\n'
     )
     provider = make_provider(extra={"group": {"inventory": str(inventory)}})
@@ -195,7 +205,9 @@ def test_group_release_runs_when_a_member_fails(make_provider, tmp_path):
 
 def test_group_command_timeout(make_provider, tmp_path):
     inventory = tmp_path / "inv.toml"
-    inventory.write_text('[groups.slow]\nmembers = []\nprepare_begin_command = ["sleep", "5"]\ncommand_timeout = 0.3\n')
+    inventory.write_text(
+        '[groups.slow]\nmembers = []\nprepare_begin_command = ["sleep", "5"]\ncommand_timeout = 0.3\n'
+    )
     provider = make_provider(extra={"group": {"inventory": str(inventory)}})
     with pytest.raises(OperationFailed) as info:
         provider.protect([Resource("Tutela::Group", "slow")])

@@ -3,11 +3,12 @@ start and end times the hooks themselves recorded; parallel mains; absent hooks.
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import pytest
-from recording import TYPE
 
+from recording import TYPE
 from tutela import Resource
 from tutela.graph import build_graph
 from tutela.plugin import HOOKS
@@ -128,7 +129,9 @@ def test_deep_chain_beyond_the_recursion_limit(scenario, make_provider):
 
 def test_build_graph_handles_a_chain_of_200k_without_recursion():
     n = 200_000
-    graph = build_graph([Resource("T", "0")], lambda r: [Resource("T", str(int(r.id) + 1))] if int(r.id) < n else [])
+    graph = build_graph(
+        [Resource("T", "0")], lambda r: [Resource("T", str(int(r.id) + 1))] if int(r.id) < n else []
+    )
     assert len(graph) == n + 1
 
 
@@ -144,8 +147,17 @@ def test_absent_hooks_keep_ordering_through_them(scenario, make_provider):
     assert cp.status == "available"
     times = check_order(scenario, graph)
     # Unimplemented hooks are no task at all.
-    assert set(times) == {("p", PB), ("p", COMPLETE), ("c1", MAIN), ("c2", MAIN), ("g", PF), ("g", MAIN)}
-    assert times[("p", COMPLETE)][0] >= max(times[("c1", MAIN)][1], times[("c2", MAIN)][1], times[("g", MAIN)][1])
+    assert set(times) == {
+        ("p", PB),
+        ("p", COMPLETE),
+        ("c1", MAIN),
+        ("c2", MAIN),
+        ("g", PF),
+        ("g", MAIN),
+    }
+    assert times[("p", COMPLETE)][0] >= max(
+        times[("c1", MAIN)][1], times[("c2", MAIN)][1], times[("g", MAIN)][1]
+    )
     flow = provider.build_flow("protect", cp.graph())
     assert flow.task_count == 6
 
@@ -169,7 +181,7 @@ def test_serial_executor_never_overlaps(scenario, make_provider):
     provider = make_provider(executor="serial")
     protect(provider, ["p"])
     spans = sorted((c["start"], c["end"]) for c in scenario.calls)
-    for (s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+    for (_s1, e1), (s2, _) in itertools.pairwise(spans):
         assert e1 <= s2
 
 
@@ -179,7 +191,11 @@ def test_flow_export_shows_only_implemented_hooks(scenario, make_provider):
     provider = make_provider()
     flow = provider.build_flow("protect", provider.build_graph([Resource(TYPE, "p")]))
     data = flow.to_json()
-    assert [(t["resource"]["id"], t["hook"]) for t in data["tasks"]] == [("p", PB), ("c", MAIN), ("p", PF)]
+    assert [(t["resource"]["id"], t["hook"]) for t in data["tasks"]] == [
+        ("p", PB),
+        ("c", MAIN),
+        ("p", PF),
+    ]
     # c main after p prepare_begin (through c's absent prepare hooks); p PF after p PB.
     names = {t["id"]: (t["resource"]["id"], t["hook"]) for t in data["tasks"]}
     edges = {(names[a], names[b]) for a, b in data["edges"]}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from recording import TYPE
 
+from recording import TYPE
 from tutela import CycleError, MissingPluginError, OperationFailed, ParameterError, Resource
 from tutela.plugin import HOOKS
 
@@ -119,7 +119,10 @@ def test_parameters_are_validated_against_the_schema(scenario, make_provider):
     scenario.reset({"p": ["a"]})
     scenario.schema = {
         "type": "object",
-        "properties": {"level": {"type": "integer", "minimum": 1}, "mode": {"enum": ["fast", "safe"]}},
+        "properties": {
+            "level": {"type": "integer", "minimum": 1},
+            "mode": {"enum": ["fast", "safe"]},
+        },
         "required": ["mode"],
         "additionalProperties": False,
     }
@@ -164,7 +167,9 @@ def test_lost_lease_never_reports_available(scenario, make_provider):
     scenario.reset({"p": []})
     scenario.sleep[("p", MAIN)] = 1.5
     # Renewal every 30 s but validity of 1 s: the lease is stale when the final write comes.
-    provider = make_provider(lease_expire_window="60", lease_renew_window="30", lease_validity_window="1")
+    provider = make_provider(
+        lease_expire_window="60", lease_renew_window="30", lease_validity_window="1"
+    )
     with pytest.raises(OperationFailed) as info:
         provider.protect([R("p")])
     assert "lease" in str(info.value)
@@ -188,14 +193,17 @@ def test_checkpoints_list_newest_first_with_filters(scenario, make_provider):
 
 def test_contract_only_plugin_loads_and_runs(tmp_path):
     import recording
-
     from tutela import Provider, ProviderConfig
 
     recording.PLAIN_CALLS.clear()
     provider = Provider.from_config(
         ProviderConfig.from_dict(
             {
-                "provider": {"id": "plain", "bank": "filesystem", "plugin": "recording:ContractOnlyPlugin"},
+                "provider": {
+                    "id": "plain",
+                    "bank": "filesystem",
+                    "plugin": "recording:ContractOnlyPlugin",
+                },
                 "filesystem_bank": {"root": str(tmp_path / "bank")},
             }
         )

@@ -6,7 +6,6 @@ import random
 from array import array
 
 from recording import operation_class
-
 from tutela import Resource
 from tutela.flow import Flow
 from tutela.graph import build_graph
@@ -17,7 +16,9 @@ PB, PF, MAIN, COMPLETE = HOOKS
 
 
 def make_flow(graph: dict[str, list[str]], roots: list[str], hooks: dict[str, set[str]]):
-    g = build_graph([Resource("T", r) for r in roots], lambda r: [Resource("T", c) for c in graph.get(r.id, [])])
+    g = build_graph(
+        [Resource("T", r) for r in roots], lambda r: [Resource("T", c) for c in graph.get(r.id, [])]
+    )
     ops = [operation_class(frozenset(hooks[r.id]))() for r in g.nodes]
     return Flow("protect", g, ops, [{}] * len(g)), g
 
@@ -63,8 +64,10 @@ def test_makespan_near_the_bound_on_a_random_forest():
         graph[f"r{r}"] = [f"r{r}c{i}" for i in range(10)]
         for i in range(10):
             graph[f"r{r}c{i}"] = [f"r{r}c{i}g{j}" for j in range(3)]
-    hooks = {rid: set(HOOKS) for rid in graph} | {c: set(HOOKS) for kids in graph.values() for c in kids}
-    flow, g = make_flow(graph, roots, hooks)
+    hooks = {rid: set(HOOKS) for rid in graph} | {
+        c: set(HOOKS) for kids in graph.values() for c in kids
+    }
+    flow, _g = make_flow(graph, roots, hooks)
     d = array("d", bytes(8 * flow.node_count))
     for node in range(flow.node_count):
         d[node] = rng.uniform(0.05, 2.0) if node & 3 == 2 else rng.uniform(0.001, 0.02)

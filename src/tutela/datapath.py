@@ -18,7 +18,9 @@ from tutela.errors import TutelaError
 CHUNK = 1 << 20
 
 
-def save_stream(checkpoint, context, name: str, stream: Iterable[bytes] | BinaryIO) -> dict[str, Any]:
+def save_stream(
+    checkpoint, context, name: str, stream: Iterable[bytes] | BinaryIO
+) -> dict[str, Any]:
     """Store `stream` as `name` in the resource's section; returns {name, size, sha256}."""
     digest = hashlib.sha256()
     size = 0

@@ -4,6 +4,7 @@ status (last, and only while the lease is still ours)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from dataclasses import dataclass
@@ -170,10 +171,8 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        try:
+        with contextlib.suppress(Exception):
             self.plugin.release_lease(None)
-        except Exception:
-            pass
 
 
 def _error_text(error: BaseException) -> str:

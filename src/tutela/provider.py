@@ -7,6 +7,7 @@ error naming the file and key and never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -545,10 +546,8 @@ class ProviderRegistry:
 
     def close(self) -> None:
         for p in self.providers:
-            try:
+            with contextlib.suppress(Exception):
                 p.close()
-            except Exception:
-                pass
 
 
 __all__ = ["DiscoveryContext", "PluginError", "Provider", "ProviderRegistry"]

@@ -106,9 +106,6 @@ class StackQueue(deque):
     push = deque.append
 
 
-
-
-
 def simulate(flow: Flow, durations: array, workers: int, priorities: array | None = None) -> float:
     """Makespan of the engine's dispatch rule on a virtual clock: whenever a worker is free,
     start the ready task with the longest remaining path (by `priorities`, default: from the

@@ -193,7 +193,7 @@ class ProtectDirectory(Operation):
             digest = hashlib.sha256()
             size = 0
 
-            def blocks(fh):
+            def blocks(fh, digest=digest):
                 nonlocal size
                 while block := fh.read(BLOCK):
                     digest.update(block)
