@@ -7,6 +7,7 @@ code that the real engine calls.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -32,6 +33,7 @@ class Scenario:
         self.schema: dict[str, Any] = {"type": "object"}
         self.restore_schema: dict[str, Any] = {"type": "object"}
         self.seen_params: dict[tuple[str, str], dict[str, Any]] = {}
+        self.hosts: dict[str, str] = {}  # resource id -> host its hooks must run on
 
     def times(self) -> dict[tuple[str, str], tuple[float, float]]:
         return {(c["id"], c["hook"]): (c["start"], c["end"]) for c in self.calls}
@@ -49,8 +51,21 @@ def _make_hook(name: str):
             time.sleep(delay)
         if (resource.id, name) in SCENARIO.fail:
             raise RuntimeError(f"{name} of {resource.id} failed on purpose")
+        if name == "on_main":
+            # For tests that run hooks in other processes (the dask executor), where
+            # SCENARIO is not shared: behaviour through parameters, facts into the bank.
+            marker = parameters.get("marker")
+            first_attempt = marker is not None and not os.path.exists(marker)
+            if marker is not None:
+                with open(marker, "a") as fh:
+                    fh.write(os.environ.get("TUTELA_TEST_WORKER", "local") + "\n")
+            if parameters.get("sleep") and (first_attempt or not parameters.get("once")):
+                time.sleep(parameters["sleep"])
         if name == "on_main" and context.operation == "protect":
-            checkpoint.bank_section.put_json("metadata", {"node": resource.id})
+            checkpoint.bank_section.put_json(
+                "metadata",
+                {"node": resource.id, "worker": os.environ.get("TUTELA_TEST_WORKER", "local")},
+            )
         end = time.perf_counter()
         with SCENARIO.lock:
             SCENARIO.calls.append(
@@ -86,7 +101,10 @@ def operation_class(hooks: frozenset[str]) -> type:
 
 def _op(resource: Resource) -> Operation:
     hooks = SCENARIO.hooks.get(resource.id, set(HOOKS))
-    return operation_class(frozenset(hooks))()
+    op = operation_class(frozenset(hooks))()
+    if resource.id.startswith("idem"):
+        op.idempotent_hooks = frozenset({"on_main"})
+    return op
 
 
 class RecordingPlugin(ProtectionPlugin):
@@ -100,7 +118,10 @@ class RecordingPlugin(ProtectionPlugin):
         return SCENARIO.restore_schema
 
     def get_saved_info_schema(self, resource_type):
-        return {"type": "object", "properties": {"node": {"type": "string"}}}
+        return {
+            "type": "object",
+            "properties": {"node": {"type": "string"}, "worker": {"type": "string"}},
+        }
 
     def get_protect_operation(self, resource):
         return _op(resource)
@@ -123,10 +144,11 @@ class RecordingProtectable(Protectable):
         return [Resource(TYPE, rid) for rid in SCENARIO.graph]
 
     def show_resource(self, context, resource_id):
-        return Resource(TYPE, resource_id)
+        host = SCENARIO.hosts.get(resource_id)
+        return Resource(TYPE, resource_id, extra_info={"host": host} if host else None)
 
     def get_dependent_resources(self, context, parent_resource):
-        return [Resource(TYPE, c) for c in SCENARIO.graph.get(parent_resource.id, [])]
+        return [self.show_resource(context, c) for c in SCENARIO.graph.get(parent_resource.id, [])]
 
 
 class ContractOnlyPlugin:

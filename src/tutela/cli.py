@@ -42,11 +42,18 @@ def _provider(reg: ProviderRegistry, ref: str | None) -> Provider:
 
 
 def _policy(args, provider: Provider):
-    if getattr(args, "executor", None) or getattr(args, "max_workers", None):
-        return make_policy(
-            args.executor or provider.policy.name, args.max_workers or provider.policy.max_workers
-        )
-    return provider.policy
+    executor = getattr(args, "executor", None)
+    workers = getattr(args, "max_workers", None)
+    address = getattr(args, "scheduler_address", None)
+    if not (executor or workers or address):
+        return provider.policy
+    name = executor or ("dask" if address else provider.policy.name)
+    options = {}
+    if name == "dask":
+        options["scheduler_address"] = address or getattr(provider.policy, "address", None)
+    elif workers is None:
+        workers = provider.policy.max_workers
+    return make_policy(name, workers, **options)
 
 
 def _resources(values: list[str]) -> list[Resource]:
@@ -369,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", help="executor policy for this run (serial, threads, ...)")
     run.add_argument(
         "--max-workers", type=int, metavar="N", help="parallel hooks (threads executor)"
+    )
+    run.add_argument(
+        "--scheduler-address", metavar="tcp://HOST:PORT", help="Dask scheduler (executor dask)"
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--dry-run", action="store_true", help="print the task flow; run nothing")

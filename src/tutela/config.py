@@ -64,6 +64,9 @@ class ProviderConfig:
         self._parser = parser
         self.path = str(path)
         self.base_dir = Path(path).parent if Path(path).name else Path.cwd()
+        #: How to rebuild this config elsewhere (a distributed worker): ("text", text) or
+        #: ("dict", sections).
+        self.source: tuple[str, Any] = ("dict", {})
 
     @classmethod
     def read(cls, path: str | Path) -> ProviderConfig:
@@ -73,12 +76,35 @@ class ProviderConfig:
         parser.optionxform = str  # type: ignore[assignment,method-assign]
         try:
             with open(path, encoding="utf-8") as fh:
-                parser.read_file(fh, source=str(path))
-        except configparser.Error as exc:
-            raise ConfigError(path, f"cannot parse: {exc.message.splitlines()[0]}") from None
+                text = fh.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(path, f"cannot read: {exc}") from None
-        return cls(parser, path)
+        return cls.from_text(text, path)
+
+    @classmethod
+    def from_text(cls, text: str, path: str | Path) -> ProviderConfig:
+        parser = configparser.ConfigParser(
+            strict=False, interpolation=None, dict_type=_MultiDict, empty_lines_in_values=False
+        )
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(text, source=str(path))
+        except configparser.Error as exc:
+            raise ConfigError(path, f"cannot parse: {exc.message.splitlines()[0]}") from None
+        cfg = cls(parser, path)
+        cfg.source = ("text", text)
+        return cfg
+
+    def to_wire(self) -> tuple[str, str, Any, str]:
+        """Everything needed to rebuild this config in another process."""
+        return (self.source[0], self.path, self.source[1], str(self.base_dir))
+
+    @classmethod
+    def from_wire(cls, wire: tuple[str, str, Any, str]) -> ProviderConfig:
+        kind, path, value, base_dir = wire
+        cfg = cls.from_text(value, path) if kind == "text" else cls.from_dict(value, path)
+        cfg.base_dir = Path(base_dir)
+        return cfg
 
     @classmethod
     def from_dict(
@@ -94,6 +120,7 @@ class ProviderConfig:
                 parser.set(name, key, str(value))
         cfg = cls(parser, path)
         cfg.base_dir = Path.cwd()
+        cfg.source = ("dict", {k: dict(v) for k, v in sections.items()})
         return cfg
 
     def sections(self) -> list[str]:

@@ -69,6 +69,15 @@ class ExecutorPolicy:
     def executor(self) -> Executor | None:
         raise NotImplementedError
 
+    def preflight(self, flow: Flow) -> None:
+        """Check, before a checkpoint or restore record is created, that the flow can run
+        here (a distributed policy checks its cluster and the placement of every task)."""
+
+    def dispatcher(self, engine: Engine, done: queue.SimpleQueue) -> Dispatcher | None:
+        """What runs batches of tasks for `engine`; None runs them inline (serial)."""
+        executor = self.executor()
+        return None if executor is None else LocalDispatcher(executor, engine.run_task, done)
+
     def in_flight_limit(self) -> int:
         """Batches handed to the executor at once; the rest wait in the engine's ready queue
         so that the engine, not the executor's FIFO, decides what starts next."""
@@ -76,6 +85,52 @@ class ExecutorPolicy:
 
     def describe(self) -> str:
         return self.name
+
+
+class Dispatcher:
+    """Runs batches of tasks somewhere and puts `[(node, t0, t1, error, extra), ...]` on the
+    engine's done queue for each batch.  `extra` carries side effects of a remote hook (e.g.
+    new resources of a restore, bytes moved) and is None for local ones."""
+
+    def start(self, flow: Flow) -> None:
+        """Check, before anything runs, that every task can run somewhere."""
+
+    def affinity(self, node: int) -> Any:
+        """Tasks of one batch must share this (e.g. the host that holds the data)."""
+        return None
+
+    def submit(self, batch: list[int]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+class LocalDispatcher(Dispatcher):
+    """Batches as calls on a local executor (a thread pool, a process-free pool...)."""
+
+    def __init__(self, executor: Executor, run_task: Callable[[int], Any], done: queue.SimpleQueue):
+        self.executor = executor
+        self.run_task = run_task
+        self.done = done
+
+    def _work(self, batch: list[int]) -> None:
+        out = []
+        run_task = self.run_task
+        for node in batch:
+            t0 = time.time()
+            try:
+                run_task(node)
+                error = None
+            except BaseException as exc:  # reported, never lost in a worker
+                error = exc
+            out.append((node, t0, time.time(), error, None))
+        self.done.put(out)
+
+    def submit(self, batch: list[int]) -> None:
+        self.executor.submit(self._work, batch)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 class SerialPolicy(ExecutorPolicy):
@@ -169,6 +224,11 @@ class Engine:
         self.run_task = run_task
         self.policy = policy
         self.listener = listener or EngineListener()
+        #: For remote dispatchers: describe a task by value, and take back its side effects.
+        self.describe_task: Callable[[int], Any] | None = None
+        self.describe_common: Callable[[], dict[str, Any]] | None = None
+        self.absorb: Callable[[int, Any], None] | None = None
+        self.is_idempotent: Callable[[int], bool] = lambda node: False
         #: Start and end time of every node that ran (0.0 for the others); filled before the
         #: listener hears of the task, so listeners may read them.
         self.started = array("d", bytes(8 * flow.node_count))
@@ -186,8 +246,15 @@ class Engine:
         result = EngineResult(started=started, finished=finished)
         parents = graph.parents
         successors = flow.successors
-        executor = self.policy.executor()
-        if executor is not None and self.policy.prioritise:
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        dispatcher = self.policy.dispatcher(self, done)
+        if dispatcher is not None:
+            try:
+                dispatcher.start(flow)
+            except BaseException:
+                dispatcher.close()
+                raise
+        if dispatcher is not None and self.policy.prioritise:
             ready: Any = ReadyQueue(longest_remaining_path(flow, node_weights(flow)))
         else:
             ready = StackQueue()
@@ -219,7 +286,7 @@ class Engine:
 
         stopping = False
         try:
-            if executor is None:
+            if dispatcher is None:
                 while ready and not stopping:
                     node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
@@ -238,37 +305,33 @@ class Engine:
                     settle(node, t0, time.time(), error)
                     stopping = error is not None
                 return result
-            return self._run_parallel(executor, ready, settle, advance, result)
+            return self._run_parallel(dispatcher, done, ready, settle, advance, result)
         except KeyboardInterrupt:
             result.cancelled = True
             return result
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+            if dispatcher is not None:
+                dispatcher.close()
 
-    def _run_parallel(self, executor, ready, settle, advance, result: EngineResult) -> EngineResult:
+    def _run_parallel(
+        self,
+        dispatcher: Dispatcher,
+        done: queue.SimpleQueue,
+        ready,
+        settle,
+        advance,
+        result: EngineResult,
+    ) -> EngineResult:
         """Hand batches to the executor; cheap tasks (measured, under CHEAP seconds) travel
         together, so thousands of no-op hooks do not cost thousands of round trips, while
         slow hooks go one by one and never wait behind each other."""
         flow = self.flow
         mask = flow.mask
         listener = self.listener
-        run_task = self.run_task
-        done: queue.SimpleQueue = queue.SimpleQueue()
         pop = ready.pop
-
-        def work(batch: list[int]) -> None:
-            out = []
-            for node in batch:
-                t0 = time.time()
-                try:
-                    run_task(node)
-                    error = None
-                except BaseException as exc:  # reported, never lost in a worker
-                    error = exc
-                out.append((node, t0, time.time(), error))
-            done.put(out)
-
+        affinity = dispatcher.affinity
+        absorb = self.absorb
+        held: list[int] = []  # popped but of another affinity than the batch being built
         cost = [CHEAP * 4] * 4  # mean seconds per hook kind, learned as tasks finish
         limit = max(1, self.policy.in_flight_limit())
         workers = max(1, self.policy.max_workers)
@@ -277,21 +340,29 @@ class Engine:
         while True:
             while ready and not stopping and inflight < limit:
                 batch: list[int] = []
+                key = None
                 while ready and len(batch) < MAX_BATCH:
                     node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
                         advance(node)
                         continue
+                    if batch and affinity(node) != key:
+                        held.append(node)
+                        continue
+                    key = affinity(node)
                     listener.task_started(node)
                     batch.append(node)
                     # Keep filling only with cheap tasks, and only while others remain for
                     # the other workers.
                     if cost[node & 3] >= CHEAP or len(ready) <= workers:
                         break
+                for node in held:
+                    ready.push(node)
+                held.clear()
                 if not batch:
                     continue
                 try:
-                    executor.submit(work, batch)
+                    dispatcher.submit(batch)
                 except Exception as exc:
                     now = time.time()
                     for node in batch:
@@ -308,9 +379,11 @@ class Engine:
                 stopping = True
                 continue
             inflight -= 1
-            for node, t0, t1, error in items:
+            for node, t0, t1, error, extra in items:
                 h = node & 3
                 cost[h] = cost[h] * 0.9 + (t1 - t0) * 0.1
+                if extra is not None and absorb is not None:
+                    absorb(node, extra)
                 settle(node, t0, t1, error)
                 if error is not None:
                     stopping = True

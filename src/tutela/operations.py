@@ -245,6 +245,36 @@ class OperationRun:
         except Exception as exc:
             raise HookError(resource, hook, exc) from exc
 
+    # -- by value, for executors that run hooks in other processes -------------------------
+    def describe_common(self) -> dict[str, Any]:
+        return {
+            "config": self.provider.config.to_wire(),
+            "kind": self.flow.kind,
+            "checkpoint_id": self.checkpoint.id,
+            "record_id": self.record.id,
+            "new_resources": {
+                k: v.to_dict() if isinstance(v, Resource) else v
+                for k, v in self.context.new_resources.items()
+            },
+        }
+
+    def describe_task(self, node: int) -> tuple[int, dict[str, Any], int, dict[str, Any], bool]:
+        r, h = node >> 2, node & 3
+        last = self.flow.mask[r] >> (h + 1) == 0
+        return (node, self.flow.graph.nodes[r].to_dict(), h, self.flow.parameters[r], last)
+
+    def absorb(self, node: int, extra: dict[str, Any]) -> None:
+        if extra.get("bytes"):
+            self.progress.bytes_moved(extra["bytes"])
+        for key, value in extra.get("new", {}).items():
+            if isinstance(value, dict) and "type" in value and "id" in value:
+                value = Resource.from_dict(value)
+            self.context.new_resources[key] = value
+
+    def is_idempotent(self, node: int) -> bool:
+        op = self.flow.operations[node >> 2]
+        return HOOKS[node & 3] in (getattr(op, "idempotent_hooks", None) or ())
+
     def record_resource(self, index: int, error: tuple[str, BaseException] | None) -> None:
         resource = self.flow.graph.nodes[index]
         record: dict[str, Any] = {"resource": resource.to_dict()}
@@ -277,9 +307,23 @@ class OperationRun:
         self.progress.started(flow.kind, self.record.id, len(flow.graph), flow.task_count)
         recorder = _Recorder(self)
         engine = Engine(flow, self.run_task, self.policy, recorder)
+        engine.describe_common = self.describe_common
+        engine.describe_task = self.describe_task
+        engine.absorb = self.absorb
+        engine.is_idempotent = self.is_idempotent
         self.result_arrays = (engine.started, engine.finished)
         with LeaseKeeper(self.provider) as lease:
-            engine_result = engine.run()
+            try:
+                engine_result = engine.run()
+            except Exception as exc:
+                # The executor could not start (e.g. a cluster went away after preflight).
+                message = _error_text(exc)
+                self.record.set_status(self.spec.error_status, error={"message": message})
+                self.progress.finished(self.spec.error_status)
+                raise OperationFailed(
+                    f"{flow.kind} {self.record.id} ended in {self.spec.error_status}: {message}",
+                    self.record.id,
+                ) from exc
             failures = engine_result.failures
             if failures or engine_result.cancelled:
                 self._finish_failed(engine_result, recorder)

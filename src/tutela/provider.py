@@ -168,8 +168,12 @@ class Provider:
         protectables = cls._load_protectables(config, plugin_refs, plugins, owner)
         executor = config.get("provider", "executor") or "serial"
         max_workers = config.get_int("provider", "max_workers")
+        options = {}
+        address = config.get("provider", "scheduler_address")
+        if address:
+            options["scheduler_address"] = address
         try:
-            policy = make_policy(executor, max_workers)
+            policy = make_policy(executor, max_workers, **options)
         except TutelaError as exc:
             raise ConfigError(path, str(exc), "provider.executor") from None
 
@@ -384,6 +388,8 @@ class Provider:
     ) -> Checkpoint:
         graph = self.build_graph(resources)
         flow = self.build_flow("protect", graph, parameters)
+        policy = policy or self.policy
+        policy.preflight(flow)
         checkpoint = self.checkpoints.create(
             self.id, graph, parameters or {}, self.bank.plugin.get_owner_id()
         )
@@ -406,6 +412,8 @@ class Provider:
                 f"checkpoint {checkpoint_id} is {checkpoint.status}, not available; it cannot be restored"
             )
         flow = self.build_flow("restore", checkpoint.graph(), parameters)
+        policy = policy or self.policy
+        policy.preflight(flow)
         record = self.checkpoints.create_restore(
             checkpoint, self.id, parameters or {}, self.bank.plugin.get_owner_id()
         )
@@ -439,6 +447,8 @@ class Provider:
                 f"({checkpoint.index.get('owner_id')}); wait for it to finish"
             )
         flow = self.build_flow("delete", checkpoint.graph(), {})
+        policy = policy or self.policy
+        policy.preflight(flow)
         checkpoint.set_status(DELETING, owner_id=self.bank.plugin.get_owner_id())
         OperationRun(
             self, flow, checkpoint, checkpoint, policy or self.policy, progress or Progress()

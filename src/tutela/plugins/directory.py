@@ -73,8 +73,21 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
 
 def normalise(path: str) -> str:
     if not os.path.isabs(path):
-        raise ResourceError(f"{TYPE} ids are absolute paths, not {path!r}")
+        raise ResourceError(f"{TYPE} ids are absolute paths (or HOST:/path), not {path!r}")
     return os.path.normpath(path)
+
+
+def split_host(resource_id: str) -> tuple[str | None, str]:
+    """`HOST:/path` names a folder on another host (its hooks run there, see the dask
+    executor); a plain `/path` is on this host."""
+    head, sep, tail = resource_id.partition(":")
+    if sep and tail.startswith("/") and "/" not in head and head:
+        return head, tail
+    return None, resource_id
+
+
+def local_path(resource: Resource) -> str:
+    return split_host(resource.id)[1]
 
 
 class DirectoryProtectable(Protectable):
@@ -89,14 +102,14 @@ class DirectoryProtectable(Protectable):
         return [self.show_resource(context, p) for p in paths]
 
     def show_resource(self, context, resource_id: str) -> Resource:
-        path = normalise(resource_id)
-        if not os.path.isdir(path):
+        host, path = split_host(resource_id)
+        path = normalise(path)
+        here = socket.gethostname()
+        if (host is None or host == here) and not os.path.isdir(path):
             raise ResourceError(f"{TYPE} {path!r}: no such directory")
+        rid = path if host is None else f"{host}:{path}"
         return Resource(
-            TYPE,
-            path,
-            name=os.path.basename(path) or path,
-            extra_info={"host": socket.gethostname()},
+            TYPE, rid, name=os.path.basename(path) or path, extra_info={"host": host or here}
         )
 
 
@@ -122,7 +135,7 @@ def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result]]:
 
 class ProtectDirectory(Operation):
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        root = resource.id
+        root = local_path(resource)
         if not os.path.isdir(root):
             raise ResourceError(f"{TYPE} {root!r} no longer exists")
         section = checkpoint.bank_section
@@ -130,8 +143,9 @@ class ProtectDirectory(Operation):
         # Files that are resources of their own in this graph (e.g. a SQLite database under
         # the folder) are protected by their own plugin, consistently; not copied raw here.
         for dep in checkpoint.dependents():
-            if dep.id.startswith(root.rstrip("/") + "/"):
-                exclude.add(os.path.relpath(dep.id, root))
+            dep_path = split_host(dep.id)[1]
+            if dep_path.startswith(root.rstrip("/") + "/"):
+                exclude.add(os.path.relpath(dep_path, root))
         st = os.stat(root)
         manifest: list[dict[str, Any]] = [
             {
@@ -174,7 +188,11 @@ class ProtectDirectory(Operation):
         section.update_object_stream(
             "manifest.jsonl", (json.dumps(e).encode() + b"\n" for e in manifest)
         )
-        info = {"path": root, "host": resource.extra_info.get("host", ""), **counts}
+        info = {
+            "path": root,
+            "host": resource.extra_info.get("host", socket.gethostname()),
+            **counts,
+        }
         if skipped:
             info["skipped"] = skipped
         if changed:
@@ -226,7 +244,7 @@ class RestoreDirectory(Operation):
     writes there); main writes the tree."""
 
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        target = os.path.abspath(parameters.get("target") or resource.id)
+        target = os.path.abspath(parameters.get("target") or local_path(resource))
         overwrite = bool(parameters.get("overwrite", False))
         if os.path.lexists(target) and not os.path.isdir(target):
             raise TutelaError(f"restore target {target!r} exists and is not a directory")
@@ -235,14 +253,16 @@ class RestoreDirectory(Operation):
                 f"restore target {target!r} is not empty; set overwrite: true to restore into it"
             )
         os.makedirs(target, exist_ok=True)
-        if target != resource.id:
+        if target != local_path(resource):
+            host = split_host(resource.id)[0]
+            new_id = target if host is None else f"{host}:{target}"
             context.set_new_resource(
-                resource, Resource(TYPE, target, name=os.path.basename(target))
+                resource, Resource(TYPE, new_id, name=os.path.basename(target))
             )
 
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
         section = checkpoint.bank_section
-        target = os.path.abspath(parameters.get("target") or resource.id)
+        target = os.path.abspath(parameters.get("target") or local_path(resource))
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
         try:

@@ -1,0 +1,256 @@
+"""The dask executor against a real scheduler and real workers (separate processes on
+127.0.0.1); each worker has its own folder and name, standing in for a host."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from recording import TYPE
+
+from tutela import OperationFailed, Provider, ProviderConfig, Resource, TutelaError
+
+pytestmark = pytest.mark.dask
+HERE = Path(__file__).parent
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.workers: dict[str, subprocess.Popen] = {}
+        log = open(root / "scheduler.log", "w")  # noqa: SIM115 - lives as long as the cluster
+        self.scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+
+    def start_worker(self, name: str) -> None:
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115
+        self.workers[name] = subprocess.Popen(
+            [
+                DASK,
+                "worker",
+                self.address,
+                "--name",
+                name,
+                "--nthreads",
+                "2",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--local-directory",
+                str(folder),
+            ],
+            env={**self.env, "TUTELA_TEST_WORKER": name},
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                names = {w.get("name") for w in client.scheduler_info()["workers"].values()}
+                if name in names:
+                    return
+                time.sleep(0.2)
+        raise RuntimeError(f"worker {name} did not join; see {self.root / (name + '.log')}")
+
+    def kill_worker(self, name: str) -> None:
+        proc = self.workers.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in [*self.workers.values(), self.scheduler]:
+            proc.terminate()
+        for proc in [*self.workers.values(), self.scheduler]:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        c.start_worker("hostA")
+        c.start_worker("hostB")
+        yield c
+    finally:
+        c.stop()
+
+
+def provider_for(cluster, tmp_path, inventory: Path | None = None) -> Provider:
+    conf = tmp_path / "p.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""
+            [provider]
+            id = dask-test
+            bank = filesystem
+            plugin = recording:RecordingPlugin
+            plugin = directory
+            plugin = group
+            protectable = recording:RecordingProtectable
+            executor = dask
+            scheduler_address = {cluster.address}
+
+            [filesystem_bank]
+            root = {tmp_path / "bank"}
+            fsync = false
+            """
+        )
+        + (f"\n[group]\ninventory = {inventory}\n" if inventory else "")
+    )
+    return Provider.from_config(ProviderConfig.read(conf))
+
+
+def test_directories_on_two_hosts_protect_and_restore(cluster, tmp_path):
+    dirs = {}
+    for host in ("hostA", "hostB"):
+        d = tmp_path / f"{host}-data"
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f.bin").write_bytes(os.urandom(200_000))
+        (d / "empty").write_bytes(b"")
+        (d / "link").symlink_to("sub/f.bin")
+        dirs[host] = d
+    inventory = tmp_path / "inv.toml"
+    members = ", ".join(f'"Tutela::Directory={h}:{d}"' for h, d in dirs.items())
+    inventory.write_text(f"[groups.app]\nmembers = [{members}]\n")
+    provider = provider_for(cluster, tmp_path, inventory)
+    cp = provider.protect([Resource("Tutela::Group", "app")])
+    assert cp.status == "available"
+    params = {
+        f"Tutela::Directory#{h}:{d}": {"target": str(tmp_path / f"restored-{h}")}
+        for h, d in dirs.items()
+    }
+    record = provider.restore(cp.id, params)
+    assert record.status == "success"
+    for h, d in dirs.items():
+        restored = tmp_path / f"restored-{h}"
+        assert (restored / "sub" / "f.bin").read_bytes() == (d / "sub" / "f.bin").read_bytes()
+        assert os.readlink(restored / "link") == "sub/f.bin"
+        assert (restored / "empty").stat().st_size == 0
+    new = {r["resource"]["id"]: r.get("new_resource") for r in record.resource_records().values()}
+    assert new[f"hostA:{dirs['hostA']}"]["id"] == f"hostA:{tmp_path / 'restored-hostA'}"
+
+
+def test_hooks_run_on_the_worker_of_their_host(cluster, scenario, tmp_path):
+    scenario.reset({"p": ["a", "b", "free"]})
+    scenario.hosts = {"a": "hostA", "b": "hostB", "p": "hostA"}
+    provider = provider_for(cluster, tmp_path)
+    cp = provider.protect([Resource(TYPE, "p")])
+    workers = {k.split("#")[1]: v["saved_info"]["worker"] for k, v in cp.resource_records().items()}
+    assert workers["a"] == "hostA" and workers["b"] == "hostB" and workers["p"] == "hostA"
+    assert workers["free"] in ("hostA", "hostB")
+
+
+def test_a_host_without_worker_is_refused_before_anything_runs(cluster, scenario, tmp_path):
+    scenario.reset({"p": ["a"]})
+    scenario.hosts = {"a": "nowhere"}
+    provider = provider_for(cluster, tmp_path)
+    with pytest.raises(TutelaError) as info:
+        provider.protect([Resource(TYPE, "p")])
+    assert "no Dask worker runs there" in str(info.value) and "nowhere" in str(info.value)
+    assert provider.checkpoints.list() == []
+
+
+def test_unreachable_scheduler_is_a_clear_error(scenario, tmp_path):
+    scenario.reset({"p": []})
+
+    class Gone:
+        address = f"tcp://127.0.0.1:{free_port()}"
+
+    provider = provider_for(Gone, tmp_path)
+    provider.policy.connect_timeout = 2
+    with pytest.raises(TutelaError) as info:
+        provider.protect([Resource(TYPE, "p")])
+    assert "cannot reach the Dask scheduler" in str(info.value)
+    assert provider.checkpoints.list() == []
+
+
+def _kill_when_marked(cluster, marker: Path) -> threading.Thread:
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if marker.exists() and marker.read_text().strip():
+                cluster.kill_worker(marker.read_text().split()[0])
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_worker_killed_during_main_ends_in_error(cluster, scenario, tmp_path):
+    cluster.start_worker("hostC")
+    scenario.reset({"victim": []})
+    scenario.hosts = {"victim": "hostC"}
+    marker = tmp_path / "marker"
+    provider = provider_for(cluster, tmp_path)
+    watcher = _kill_when_marked(cluster, marker)
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([Resource(TYPE, "victim")], {TYPE: {"marker": str(marker), "sleep": 20}})
+    watcher.join()
+    assert "not marked idempotent" in str(info.value)
+    cp = provider.checkpoints.get(info.value.record_id)
+    assert cp.status == "error"
+    assert provider.checkpoints.list(status="available") == []
+
+
+def test_idempotent_hook_is_retried_on_another_worker(cluster, scenario, tmp_path):
+    cluster.start_worker("hostD")
+    scenario.reset({"idem-1": []})
+    marker = tmp_path / "marker"
+    provider = provider_for(cluster, tmp_path)
+    # The first attempt sleeps on some worker, which is killed; the retry does not sleep.
+    watcher = _kill_when_marked(cluster, marker)
+    cp = provider.protect(
+        [Resource(TYPE, "idem-1")], {TYPE: {"marker": str(marker), "sleep": 20, "once": True}}
+    )
+    watcher.join()
+    assert cp.status == "available"
+    attempts = marker.read_text().split()
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
