@@ -157,7 +157,7 @@ def test_saved_info_and_hook_times_are_recorded(scenario, make_provider):
     cp = provider.protect([R("p")])
     rec = cp.resource_records()[f"{TYPE}#a"]
     assert rec["status"] == "available"
-    assert rec["saved_info"] == {"node": "a"}
+    assert rec["saved_info"] == {"node": "a", "worker": "local"}
     assert set(rec["hooks"]) == set(HOOKS)
     start, end = rec["hooks"][MAIN]
     assert start <= end
