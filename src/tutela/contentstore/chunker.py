@@ -7,8 +7,11 @@ loop runs in C without the GIL; Python only moves memoryviews around.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -108,14 +111,63 @@ class Chunker:
         )
 
     def chunks(self, stream: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
-        """Yield the chunks of `stream` as fresh `bytes` (the chunker reuses its buffer).
+        """Yield the chunks of `stream` as fresh `bytes`.
 
-        Holds at most about 2 x max chunk size of the stream in memory.
+        A stream that ends within `max_size` bytes is cut in one buffer (pyfastcdc's stream
+        chunker allocates 2 x max_size per stream, which dominates for small files); longer
+        ones are cut streaming, holding about 2 x max_size of the stream in memory.
         """
-        reader: Any
-        if hasattr(stream, "readinto") or hasattr(stream, "read"):
-            reader = stream
-        else:
-            reader = _IterReader(stream)  # type: ignore[arg-type]
-        for chunk in self._cdc.cut_stream(reader):
+        read = getattr(stream, "read", None)
+        if read is None:
+            read = _IterReader(stream).read  # type: ignore[arg-type]
+        limit = self.params.max_size
+        # Reading a small file with read(limit) allocates `limit` bytes first: ask for its
+        # size instead (one byte more, to see the end).
+        first = limit
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            st = os.fstat(stream.fileno())  # type: ignore[union-attr]
+            if stat.S_ISREG(st.st_mode):
+                first = max(1, min(limit, st.st_size + 1))
+        head = _read_upto(read, limit, first)
+        if len(head) < limit:
+            if len(head) <= self.params.min_size:  # never cut: spare the copy
+                if head:
+                    yield head
+                return
+            if head:
+                for chunk in self._cdc.cut_buf(head):
+                    yield bytes(chunk.data)
+            return
+        for chunk in self._cdc.cut_stream(_Prefixed(head, read)):
             yield bytes(chunk.data)
+
+
+def _read_upto(read: Callable[[int], bytes], limit: int, first: int) -> bytes:
+    """Up to `limit` bytes, fewer only at the end of the stream; the first read asks for
+    `first` bytes, later ones for at most 1 MiB."""
+    block = read(first)
+    if not block:
+        return b""
+    parts = [block]
+    have = len(block)
+    while have < limit:
+        block = read(min(limit - have, MiB))
+        if not block:
+            break
+        parts.append(block)
+        have += len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Prefixed:
+    """A reader that returns `head` first, then the rest of the stream."""
+
+    def __init__(self, head: bytes, read: Callable[[int], bytes]):
+        self._head = memoryview(head)
+        self._read = read
+
+    def read(self, n: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return bytes(out)
+        return self._read(n)

@@ -16,12 +16,12 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 import platformdirs
@@ -65,8 +65,12 @@ LOCK_STALE_SECONDS = 30 * 60
 LOCK_REFRESH_SECONDS = 5 * 60
 #: A writer writes an index segment at least every this many packs, even without flush().
 SEGMENT_PACKS = 64
-#: Reads fetch at most this much of one pack per request.
-READ_RUN_BYTES = 64 * MiB
+#: Chunks smaller than this are handed to the thread pool in batches (many small files).
+BATCH_BYTES = 512 * 1024
+BATCH_CHUNKS = 64
+#: Reads keep this many whole packs in memory: restoring many small files stored side by
+#: side then costs one pack fetch, not one per file (the bank has no range reads).
+PACK_CACHE = 2
 
 
 # -- settings ----------------------------------------------------------------------------
@@ -205,6 +209,44 @@ class SweepReport:
     segments_replaced: int = 0
 
 
+K = TypeVar("K")
+Source = str | os.PathLike[str] | BinaryIO | Iterable[bytes]
+_Prepared = tuple[bytes, bytes, bytes | None]  # chunk id, raw bytes, stored form or None
+
+
+class _Pending:
+    """A file being written by write_many: its chunk list fills in as chunks commit."""
+
+    __slots__ = ("chunks", "first", "hasher", "key", "size")
+
+    def __init__(self, key: Any):
+        self.key = key
+        self.hasher: Any = None  # made at the second chunk: one chunk's id is its digest
+        self.first: bytes | None = None
+        self.chunks: list[tuple[str, int]] = []
+        self.size = 0
+
+
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[BinaryIO | Iterable[bytes]]:
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            yield fh
+    else:
+        yield source
+
+
+class _Batch:
+    """Chunks handed to the thread pool as one task."""
+
+    __slots__ = ("datas", "future", "size")
+
+    def __init__(self) -> None:
+        self.datas: list[bytes] = []
+        self.size = 0
+        self.future: Future[list[_Prepared]] | None = None
+
+
 class _Upload:
     __slots__ = ("blocks", "entries", "name")
 
@@ -248,9 +290,14 @@ class ContentStore:
         self._cache = SegmentCache(cache_root / "contentstore" / self.id / "index")
         self._index = Index()
         self._segments: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._packs: OrderedDict[str, bytes] = OrderedDict()
+        self._last_pack = ""
+        self._packs_lock = threading.Lock()
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tutela-cs")
-        self._inflight = 2 * self._workers
+        self._inflight = 256  # chunks in flight (small files)
+        self._inflight_bytes = 4 * self.params.max_size  # ... and their bytes (large ones)
         self._lock = threading.RLock()  # the open pack, pending set, stats
         self._pending: set[bytes] = set()
         self._builder = PackBuilder()
@@ -482,12 +529,13 @@ class ContentStore:
 
     def _load_index(self) -> None:
         """Read the segments not loaded yet (other writers' new ones)."""
-        names = {k[len(INDEX_PREFIX) :] for k in self.section.iter_objects(INDEX_PREFIX)}
-        for name in sorted(names - self._segments):
-            for pack, entries in self._fetch_segment(name):
-                self._index.add_pack(pack, entries)
-            self._segments.add(name)
-        self._cache.prune(names | self._segments)
+        with self._load_lock:
+            names = {k[len(INDEX_PREFIX) :] for k in self.section.iter_objects(INDEX_PREFIX)}
+            for name in sorted(names - self._segments):
+                for pack, entries in self._fetch_segment(name):
+                    self._index.add_pack(pack, entries)
+                self._segments.add(name)
+            self._cache.prune(names | self._segments)
 
     def refresh(self) -> None:
         """Pick up chunks that other processes wrote since open (reads do this on a miss)."""
@@ -513,32 +561,103 @@ class ContentStore:
         Memory stays bounded whatever the stream's size.  The data is durable once `flush()`
         returns, not before.
         """
-        self._check_usable()
-        self._ensure_lock()
-        hasher = self.keys.hasher()
-        chunks: list[tuple[str, int]] = []
-        size = 0
-        inflight: deque[Future[tuple[bytes, bytes, bytes | None]]] = deque()
-        try:
-            for data in self.chunker.chunks(stream):
-                hasher.update(data)
-                size += len(data)
-                inflight.append(self._pool.submit(self._prepare, data))
-                while len(inflight) >= self._inflight:
-                    self._commit(*inflight.popleft().result(), chunks)
-            while inflight:
-                self._commit(*inflight.popleft().result(), chunks)
-        finally:
-            for fut in inflight:
-                fut.cancel()
-        return FileRef(size, hasher.hexdigest(), tuple(chunks))
+        for _, ref in self.write_many([(None, stream)]):
+            return ref
+        raise AssertionError("write_many yielded nothing")  # pragma: no cover
 
     def write_file(self, path: str | os.PathLike[str]) -> FileRef:
-        with open(path, "rb") as fh:
-            return self.write(fh)
+        return self.write(Path(path))  # type: ignore[arg-type]
+
+    def write_many(self, items: Iterable[tuple[K, Source]]) -> Iterator[tuple[K, FileRef]]:
+        """Write many files through one pipeline; yields (key, FileRef) in input order.
+
+        A source is a path (opened and closed here), a binary file object or an iterable of
+        bytes.  Chunks of the next files are hashed and compressed while earlier ones are
+        finished, so many small files keep both cores busy (one `write()` per small file
+        waits for its one chunk).  Memory is bounded by the in-flight window.
+        """
+        self._check_usable()
+        self._ensure_lock()
+        # (file, batch, index in batch); batch None marks the end of a file.
+        window: deque[tuple[_Pending, _Batch | None, int]] = deque()
+        batch: _Batch | None = None  # small chunks go to the pool together: fewer hops
+        inflight = 0
+        inflight_bytes = 0
+
+        def submit() -> None:
+            nonlocal batch
+            if batch is not None:
+                batch.future = self._pool.submit(self._prepare_many, batch.datas)
+                batch = None
+
+        def pop() -> tuple[K, FileRef] | None:
+            nonlocal inflight, inflight_bytes
+            state, owner, i = window.popleft()
+            if owner is None:  # end of a file
+                if state.hasher is not None:
+                    digest = state.hasher.hexdigest()
+                elif state.chunks:  # the id of the only chunk is the BLAKE3 of the content
+                    digest = state.chunks[0][0]
+                else:
+                    digest = self.keys.hasher().hexdigest()
+                return state.key, FileRef(state.size, digest, tuple(state.chunks))
+            if owner.future is None:
+                submit()
+            assert owner.future is not None
+            prepared = owner.future.result()[i]
+            inflight -= 1
+            inflight_bytes -= len(prepared[1])
+            self._commit(*prepared, state.chunks)
+            return None
+
+        try:
+            for key, source in items:
+                state = _Pending(key)
+                with _opened(source) as stream:
+                    for data in self.chunker.chunks(stream):
+                        if state.first is None and state.hasher is None:
+                            state.first = data
+                        else:
+                            if state.hasher is None:
+                                state.hasher = self.keys.hasher()
+                                state.hasher.update(state.first)
+                                state.first = None
+                            state.hasher.update(data)
+                        state.size += len(data)
+                        if batch is None:
+                            batch = _Batch()
+                        window.append((state, batch, len(batch.datas)))
+                        batch.datas.append(data)
+                        batch.size += len(data)
+                        if batch.size >= BATCH_BYTES or len(batch.datas) >= BATCH_CHUNKS:
+                            submit()
+                        inflight += 1
+                        inflight_bytes += len(data)
+                        while inflight >= self._inflight or inflight_bytes > self._inflight_bytes:
+                            done = pop()
+                            if done is not None:
+                                yield done
+                state.first = None
+                window.append((state, None, 0))
+                while window and window[0][1] is None:
+                    done = pop()
+                    if done is not None:
+                        yield done
+            submit()
+            while window:
+                done = pop()
+                if done is not None:
+                    yield done
+        finally:
+            for _, owner, _ in window:
+                if owner is not None and owner.future is not None:
+                    owner.future.cancel()
 
     def write_bytes(self, data: bytes) -> FileRef:
         return self.write([data])
+
+    def _prepare_many(self, datas: list[bytes]) -> list[_Prepared]:
+        return [self._prepare(d) for d in datas]
 
     def _prepare(self, data: bytes) -> tuple[bytes, bytes, bytes | None]:
         """Worker-thread part: hash, and compress+encrypt unless already stored."""
@@ -698,6 +817,53 @@ class ContentStore:
             stream.close()
         return out
 
+    def _pack_bytes(self, pack: str) -> bytes:
+        """A whole pack, from the small read cache or the bank."""
+        with self._packs_lock:
+            data = self._packs.get(pack)
+            if data is not None:
+                self._packs.move_to_end(pack)
+                return data
+        try:
+            data = self.section.get_object(pack_key(pack))
+        except ObjectNotFound:
+            raise CorruptDataError(
+                f"{self.name}: pack {pack} is missing from the bank", pack=pack
+            ) from None
+        with self._packs_lock:
+            self._packs[pack] = data
+            while len(self._packs) > PACK_CACHE:
+                self._packs.popitem(last=False)
+        return data
+
+    def _fetch(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
+        """The stored bytes at (offset, length) of a pack.
+
+        A pack read from twice in a row is fetched whole and cached (restoring files stored
+        side by side); a lone read (a chunk deduplicated against an old pack) fetches only
+        what it needs, with the bank's range read when it has one, else by streaming the pack
+        up to the last byte needed (the BankSection API has no range reads yet), and does not
+        evict the pack being restored from.
+        """
+        with self._packs_lock:
+            data = self._packs.get(pack)
+            again = pack == self._last_pack
+            self._last_pack = pack
+        needed = sum(ln for _, ln in ranges)
+        if data is None and (again or needed >= self.pack_size // 4):
+            data = self._pack_bytes(pack)
+        if data is not None:
+            return {off: data[off : off + ln] for off, ln in ranges}
+        read_range = getattr(self.section, "get_object_range", None)
+        if read_range is not None:
+            try:
+                return {off: read_range(pack_key(pack), off, ln) for off, ln in ranges}
+            except ObjectNotFound:
+                raise CorruptDataError(
+                    f"{self.name}: pack {pack} is missing from the bank", pack=pack
+                ) from None
+        return self._read_ranges(pack, ranges)
+
     def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | None) -> bytes:
         where = f"{self.name}: chunk {cid.hex()} in pack {entry.pack} at offset {entry.offset}"
         if stored is None or len(stored) != entry.length:
@@ -726,27 +892,29 @@ class ContentStore:
         """
         self._check_usable()
         located = [(bytes.fromhex(c), n, self._locate(bytes.fromhex(c))) for c, n in ref.chunks]
+        # One chunk: its id, checked by _decode, is the content's digest.
+        single = ref.chunks[0][0] if len(ref.chunks) == 1 else None
         hasher = self.keys.hasher()
         # Runs of consecutive chunks in one pack are fetched with one request.
         runs: list[list[tuple[bytes, int, BlobEntry]]] = []
         for item in located:
             run = runs[-1] if runs else None
-            if (
-                run
-                and run[-1][2].pack == item[2].pack
-                and sum(e.length for _, _, e in run) + item[2].length <= READ_RUN_BYTES
-            ):
+            if run and run[-1][2].pack == item[2].pack:
                 run.append(item)
             else:
                 runs.append([item])
         for run in runs:
             pack = run[0][2].pack
-            data = self._read_ranges(pack, [(e.offset, e.length) for _, _, e in run])
-            futures = [
-                self._pool.submit(self._decode, cid, e, data.get(e.offset)) for cid, _, e in run
-            ]
-            for (cid, size, _), fut in zip(run, futures, strict=True):
-                raw = fut.result()
+            data = self._fetch(pack, [(e.offset, e.length) for _, _, e in run])
+            if len(run) == 1:  # a small file: a thread hop costs more than it saves
+                cid, _, e = run[0]
+                raws: list[Any] = [self._decode(cid, e, data.get(e.offset))]
+            else:
+                raws = [
+                    self._pool.submit(self._decode, cid, e, data.get(e.offset)) for cid, _, e in run
+                ]
+            for (cid, size, _), fut in zip(run, raws, strict=True):
+                raw = fut if isinstance(fut, bytes) else fut.result()
                 if len(raw) != size:
                     raise CorruptDataError(
                         f"{self.name}: chunk {cid.hex()} has {len(raw)} bytes, the file "
@@ -754,13 +922,14 @@ class ContentStore:
                         pack,
                         cid.hex(),
                     )
-                hasher.update(raw)
+                if single is None:
+                    hasher.update(raw)
                 with self._lock:
                     self.stats.bytes_restored += len(raw)
                 if self.on_bytes is not None:
                     self.on_bytes(len(raw))
                 yield raw
-        if hasher.hexdigest() != ref.digest:
+        if (single or hasher.hexdigest()) != ref.digest:
             raise CorruptDataError(f"{self.name}: file digest does not match its reference")
 
     def read_bytes(self, ref: FileRef) -> bytes:
@@ -904,6 +1073,8 @@ class ContentStore:
                         report.bytes_freed += self.section.object_size(pack_key(pack))
                     self.section.delete_object(pack_key(pack))
                     report.packs_deleted += 1
+                with self._packs_lock:
+                    self._packs.clear()
                 self._index = Index()
                 for pack, entries in index_packs:
                     self._index.add_pack(pack, entries)

@@ -1,0 +1,607 @@
+"""The content store on a real filesystem bank: round trips, dedup, chunking, encryption,
+damage detection, format versions, sweep, concurrency, crash safety and bounded memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+
+from tutela.bank import Bank
+from tutela.bank.filesystem import FilesystemBank
+from tutela.config import ProviderConfig
+from tutela.contentstore import (
+    ContentStore,
+    CorruptDataError,
+    FileRef,
+    MissingChunkError,
+    MissingPasswordError,
+    StoreLockedError,
+    UnsupportedFormatError,
+    WrongPasswordError,
+    parse_size,
+)
+from tutela.errors import ConfigError, TutelaError
+
+SMALL = {"chunk_min": "16K", "chunk_avg": "64K", "chunk_max": "256K", "pack_size": "1M"}
+PASSWORD = "correct horse battery staple"
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def text(n: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    words = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel"]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
+    return bytes(out[:n])
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> Bank:
+    return Bank(FilesystemBank(root=tmp_path / "bank", fsync=False))
+
+
+@pytest.fixture(autouse=True)
+def _no_password_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUTELA_PASSWORD", raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # not a tty: never prompt
+
+
+def make_config(tmp_path: Path, **values: str) -> ProviderConfig:
+    section = {"cache_dir": str(tmp_path / "cache"), **SMALL, **values}
+    return ProviderConfig.from_dict({"content_store": section}, path=str(tmp_path / "p.conf"))
+
+
+def open_store(bank: Bank, tmp_path: Path, password: str | None = None, **values: str):
+    return ContentStore.open(
+        bank.get_section("content"), make_config(tmp_path, **values), password=password
+    )
+
+
+def packs(bank: Bank) -> list[str]:
+    return list(bank.get_section("content").iter_objects("packs/"))
+
+
+def pack_files(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "bank" / "objects" / "content" / "packs"
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# -- round trips -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"x", b"hello world" * 100, rand(3 << 20), text(3 << 20), rand(1 << 20) * 3],
+    ids=["empty", "byte", "small", "random", "text", "repeated"],
+)
+@pytest.mark.parametrize("encryption", ["none", "aes-256-gcm"])
+def test_round_trip(bank: Bank, tmp_path: Path, data: bytes, encryption: str) -> None:
+    with open_store(bank, tmp_path, PASSWORD, encryption=encryption) as store:
+        ref = store.write(io.BytesIO(data))
+        store.flush()
+        assert ref.size == len(data)
+        assert sum(n for _, n in ref.chunks) == len(data)
+        assert store.read_bytes(ref) == data
+    # A fresh store object (another process, say) reads it through the bank's index.
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        again = FileRef.from_json(json.loads(json.dumps(ref.to_json())))
+        assert again == ref
+        assert store.read_bytes(again) == data
+
+
+def test_iterable_input_and_unencrypted_digest_is_plain_blake3(bank: Bank, tmp_path: Path) -> None:
+    data = text(1 << 20)
+    with open_store(bank, tmp_path) as store:
+        ref = store.write(data[i : i + 1000] for i in range(0, len(data), 1000))
+        assert ref.digest == blake3.blake3(data).hexdigest()
+        assert store.read_bytes(ref) == data
+
+
+def test_single_chunk_digest_is_plain_blake3_too(bank: Bank, tmp_path: Path) -> None:
+    with open_store(bank, tmp_path) as store:
+        assert store.write_bytes(b"hello").digest == blake3.blake3(b"hello").hexdigest()
+        assert store.write_bytes(b"").digest == blake3.blake3(b"").hexdigest()
+
+
+def test_write_many_pipelines_files_in_order(bank: Bank, tmp_path: Path) -> None:
+    for i in range(30):
+        (tmp_path / f"f{i:02d}").write_bytes(text(1000 * i, i) + rand(300_000 * (i % 3), i))
+    paths = sorted(tmp_path.glob("f*"))
+    sources: list = [(p.name, p) for p in paths]
+    sources.append(("stream", io.BytesIO(b"from a file object")))
+    sources.append(("blocks", [b"from ", b"blocks"]))
+    with open_store(bank, tmp_path) as store:
+        refs = list(store.write_many(sources))
+        assert [k for k, _ in refs] == [k for k, _ in sources]
+        single = {p.name: store.write_file(p) for p in paths}
+        for (key, ref), path in zip(refs, paths, strict=False):
+            assert ref == single[key]
+            assert store.read_bytes(ref) == path.read_bytes()
+        assert store.read_bytes(refs[-2][1]) == b"from a file object"
+        assert store.read_bytes(refs[-1][1]) == b"from blocks"
+
+
+def test_small_and_streamed_inputs_cut_alike() -> None:
+    from pyfastcdc import FastCDC
+
+    from tutela.contentstore.chunker import Chunker, ChunkerParams
+
+    params = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+    chunker = Chunker(params)
+    data = rand(3 << 20, 30)  # longer than max: takes the streaming path
+    expected = [
+        bytes(c.data)
+        for c in FastCDC(64 << 10, min_size=16 << 10, max_size=256 << 10).cut_buf(data)
+    ]
+    assert list(chunker.chunks(io.BytesIO(data))) == expected
+    assert list(chunker.chunks([data[i : i + 777] for i in range(0, len(data), 777)])) == (expected)
+    small = data[: 200 << 10]  # shorter than max: one buffer
+    assert b"".join(chunker.chunks(io.BytesIO(small))) == small
+
+
+def test_compression_shrinks_text_and_can_be_off(bank: Bank, tmp_path: Path) -> None:
+    data = text(2 << 20)
+    with open_store(bank, tmp_path) as store:
+        store.write_bytes(data)
+        store.flush()
+        assert store.stats.bytes_stored < len(data) // 3
+    other = Bank(FilesystemBank(root=tmp_path / "bank2", fsync=False))
+    with open_store(other, tmp_path, compression="none") as store:
+        ref = store.write_bytes(data)
+        store.flush()
+        assert store.stats.bytes_stored >= len(data)
+        assert store.read_bytes(ref) == data
+
+
+def test_random_data_is_stored_uncompressed(bank: Bank, tmp_path: Path) -> None:
+    data = rand(2 << 20)
+    with open_store(bank, tmp_path) as store:
+        store.write_bytes(data)
+        # one flag byte per chunk, nothing more
+        assert store.stats.bytes_stored == len(data) + store.stats.chunks_new
+
+
+def test_write_file_and_progress_callback(bank: Bank, tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(rand(1 << 20, 3))
+    moved: list[int] = []
+    store = ContentStore.open(
+        bank.get_section("content"), make_config(tmp_path), on_bytes=moved.append
+    )
+    with store:
+        ref = store.write_file(path)
+        assert sum(moved) == path.stat().st_size
+        assert store.read_bytes(ref) == path.read_bytes()
+        assert sum(moved) == 2 * path.stat().st_size
+
+
+# -- dedup and chunking ------------------------------------------------------------------
+def test_same_data_twice_stores_nothing_new(bank: Bank, tmp_path: Path) -> None:
+    data = rand(3 << 20, 1)
+    with open_store(bank, tmp_path) as store:
+        first = store.write_bytes(data)
+        store.flush()
+        before = packs(bank)
+        second = store.write_bytes(data)
+        store.flush()
+        assert second == first
+        assert packs(bank) == before
+        assert store.stats.chunks_deduplicated == len(first.chunks)
+    # ... also across store objects (a later checkpoint, another resource)
+    with open_store(bank, tmp_path) as store:
+        store.write_bytes(data)
+        store.flush()
+        assert store.stats.chunks_new == 0
+    assert packs(bank) == before
+
+
+def test_near_copy_shares_most_chunks(bank: Bank, tmp_path: Path) -> None:
+    data = bytearray(rand(4 << 20, 2))
+    with open_store(bank, tmp_path) as store:
+        a = store.write_bytes(bytes(data))
+        data[2 << 20 : (2 << 20) + 10] = b"0123456789"
+        b = store.write_bytes(bytes(data))
+        shared = a.chunk_ids() & b.chunk_ids()
+        assert len(shared) >= len(a.chunks) - 2
+        assert store.stats.bytes_new < len(data) + (600 << 10)
+        assert store.read_bytes(b) == bytes(data)
+
+
+def test_boundaries_are_content_defined(bank: Bank, tmp_path: Path) -> None:
+    data = rand(4 << 20, 4)
+    with open_store(bank, tmp_path) as store:
+        a = store.write_bytes(data)
+        b = store.write_bytes(b"inserted at the start" * 7 + data)
+    ids_a = [c for c, _ in a.chunks]
+    ids_b = [c for c, _ in b.chunks]
+    assert len(ids_a) > 20
+    # Only the first chunk(s) change; the tails line up.
+    assert ids_a[2:] == ids_b[-len(ids_a) + 2 :]
+
+
+def test_existing_store_chunker_parameters_win(bank: Bank, tmp_path: Path) -> None:
+    data = rand(2 << 20, 5)
+    with open_store(bank, tmp_path) as store:
+        a = store.write_bytes(data)
+    with open_store(bank, tmp_path, chunk_min="256K", chunk_avg="1M", chunk_max="4M") as store:
+        assert store.params.avg_size == 64 * 1024
+        assert store.write_bytes(data) == a
+        assert store.stats.chunks_new == 0
+
+
+# -- config ------------------------------------------------------------------------------
+def test_sizes_parse() -> None:
+    assert parse_size("4096") == 4096
+    assert parse_size("512K") == 512 * 1024
+    assert parse_size("1M") == 1 << 20
+    assert parse_size("8MiB") == 8 << 20
+    assert parse_size("1g") == 1 << 30
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("chunk_avg", "lots"),
+        ("chunk_max", "64M"),
+        ("compression", "lz4"),
+        ("encryption", "rot13"),
+        ("compression_level", "99"),
+        ("pack_size", "1K"),
+    ],
+)
+def test_config_errors_name_file_and_key(bank: Bank, tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        open_store(bank, tmp_path, **{key: value})
+    assert "p.conf" in str(err.value)
+    assert "[content_store]" in str(err.value)
+
+
+def test_open_without_create(bank: Bank) -> None:
+    with pytest.raises(TutelaError, match="not created"):
+        ContentStore.open(bank.get_section("content"), create=False)
+
+
+def test_future_format_is_refused(bank: Bank, tmp_path: Path) -> None:
+    open_store(bank, tmp_path).close()
+    section = bank.get_section("content")
+    doc = section.get_json("config")
+    doc["version"] = 99
+    section.put_json("config", doc)
+    with pytest.raises(UnsupportedFormatError, match="version 99"):
+        open_store(bank, tmp_path)
+
+
+# -- encryption --------------------------------------------------------------------------
+def test_encrypted_objects_leak_no_plaintext_and_no_plain_ids(bank: Bank, tmp_path: Path) -> None:
+    data = text(1 << 20, 6) + rand(1 << 20, 6)
+    with open_store(bank, tmp_path, PASSWORD, encryption="aes-256-gcm") as store:
+        ref = store.write_bytes(data)
+    blobs = b"".join(p.read_bytes() for p in (tmp_path / "bank").rglob("*") if p.is_file())
+    assert data[1000:1064] not in blobs  # text
+    assert data[(1 << 20) + 1000 : (1 << 20) + 1064] not in blobs  # random
+    plain_ids = [blake3.blake3(data).digest()]
+    offset = 0
+    for _, n in ref.chunks:
+        plain_ids.append(blake3.blake3(data[offset : offset + n]).digest())
+        offset += n
+    for digest in plain_ids:
+        assert digest not in blobs
+        assert digest.hex().encode() not in blobs
+        assert digest.hex() not in json.dumps(ref.to_json())
+    assert PASSWORD.encode() not in blobs
+
+
+def test_wrong_and_missing_password(bank: Bank, tmp_path: Path) -> None:
+    with open_store(bank, tmp_path, PASSWORD, encryption="chacha20-poly1305") as store:
+        ref = store.write_bytes(b"secret data" * 1000)
+    with pytest.raises(WrongPasswordError) as err:
+        open_store(bank, tmp_path, "not the password")
+    assert "content" in str(err.value) and "wrong passphrase" in str(err.value)
+    assert "not the password" not in str(err.value)
+    with pytest.raises(MissingPasswordError, match="TUTELA_PASSWORD"):
+        open_store(bank, tmp_path)
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        assert store.read_bytes(ref) == b"secret data" * 1000
+        assert PASSWORD not in repr(store) and PASSWORD not in repr(store.keys)
+
+
+def test_password_from_env_and_file(
+    bank: Bank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUTELA_PASSWORD", PASSWORD)
+    with open_store(bank, tmp_path, encryption="aes-256-gcm") as store:
+        ref = store.write_bytes(b"abc" * 5000)
+    monkeypatch.delenv("TUTELA_PASSWORD")
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(PASSWORD + "\n")
+    with open_store(bank, tmp_path, password_file=str(pw_file)) as store:
+        assert store.read_bytes(ref) == b"abc" * 5000
+
+
+def test_key_file(bank: Bank, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    with open_store(bank, tmp_path, encryption="aes-256-gcm", key_file=str(key)) as store:
+        ref = store.write_bytes(b"k" * 100_000)
+    with open_store(bank, tmp_path, key_file=str(key)) as store:
+        assert store.read_bytes(ref) == b"k" * 100_000
+    other = tmp_path / "other"
+    other.write_bytes(os.urandom(32))
+    with pytest.raises(WrongPasswordError, match="wrong key file"):
+        open_store(bank, tmp_path, key_file=str(other))
+    with pytest.raises(MissingPasswordError, match="key_file"):
+        open_store(bank, tmp_path)
+
+
+def test_encryption_cannot_be_asked_of_a_plain_store(bank: Bank, tmp_path: Path) -> None:
+    open_store(bank, tmp_path).close()
+    with pytest.raises(ConfigError, match="not encrypted"):
+        open_store(bank, tmp_path, PASSWORD, encryption="aes-256-gcm")
+
+
+# -- damage ------------------------------------------------------------------------------
+@pytest.mark.parametrize("encryption", ["none", "aes-256-gcm"])
+def test_flipped_bit_is_caught_naming_the_pack(bank: Bank, tmp_path: Path, encryption: str) -> None:
+    data = text(1 << 20, 7)
+    with open_store(bank, tmp_path, PASSWORD, encryption=encryption) as store:
+        ref = store.write_bytes(data)
+    [path] = pack_files(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[200] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        with pytest.raises(CorruptDataError) as err:
+            store.read_bytes(ref)
+        assert path.name in str(err.value)
+        assert err.value.pack == path.name
+        assert err.value.chunk in ref.chunk_ids()
+        report = store.verify(read_data=True)
+        assert not report.ok
+        assert any(path.name in e for e in report.errors)
+        assert store.verify().ok  # a metadata-only check cannot see it
+
+
+def test_verify_finds_missing_pack_and_unindexed_chunk(bank: Bank, tmp_path: Path) -> None:
+    with open_store(bank, tmp_path) as store:
+        ref = store.write_bytes(rand(1 << 20, 8))
+        store.flush()
+        report = store.verify(read_data=True, referenced=ref.chunk_ids())
+        assert report.ok and report.chunks_checked == len(ref.chunks)
+        [path] = pack_files(tmp_path)
+        path.unlink()
+        report = store.verify(referenced=ref.chunk_ids() | {"00" * 32})
+        assert any(path.name in e and "missing" in e for e in report.errors)
+        assert any("00" * 32 in e for e in report.errors)
+        with pytest.raises(CorruptDataError, match=path.name):
+            store.read_bytes(ref)
+
+
+def test_unknown_chunk_is_a_clear_error(bank: Bank, tmp_path: Path) -> None:
+    with open_store(bank, tmp_path) as store:
+        bogus = FileRef(3, "00", (("ab" * 32, 3),))
+        with pytest.raises(MissingChunkError, match="ab" * 32):
+            store.read_bytes(bogus)
+
+
+# -- sweep -------------------------------------------------------------------------------
+def test_sweep_keeps_referenced_and_deletes_the_rest(bank: Bank, tmp_path: Path) -> None:
+    keep, drop = rand(3 << 20, 9), rand(3 << 20, 10)
+    with open_store(bank, tmp_path) as store:
+        kept = store.write_bytes(keep)
+        store.flush()  # separate packs for the two files
+        dropped = store.write_bytes(drop)
+        store.flush()
+        n_before = len(packs(bank))
+        report = store.sweep(kept.chunk_ids())
+        assert report.packs_deleted >= 1
+        assert len(packs(bank)) < n_before
+        assert store.read_bytes(kept) == keep
+        with pytest.raises(MissingChunkError):
+            store.read_bytes(dropped)
+        assert store.verify(read_data=True, referenced=kept.chunk_ids()).ok
+    with open_store(bank, tmp_path) as store:  # and for a fresh reader of the new index
+        assert store.read_bytes(kept) == keep
+        again = store.write_bytes(drop)  # dropped chunks are stored anew, not "deduped"
+        store.flush()
+        assert store.stats.chunks_new == len(again.chunks)
+        assert store.read_bytes(again) == drop
+
+
+def test_sweep_repacks_partly_used_packs(bank: Bank, tmp_path: Path) -> None:
+    files = [rand(200_000, 20 + i) for i in range(4)]
+    with open_store(bank, tmp_path) as store:
+        refs = [store.write_bytes(f) for f in files]
+        store.flush()
+        [old] = packs(bank)  # all four in one pack
+        report = store.sweep(refs[0].chunk_ids(), repack_threshold=0.5)
+        assert report.packs_repacked == 1 and report.packs_written == 1
+        [new] = packs(bank)
+        assert new != old
+        assert store.read_bytes(refs[0]) == files[0]
+        assert store.verify(read_data=True).ok
+
+
+def test_sweep_refuses_while_another_writer_is_active(bank: Bank, tmp_path: Path) -> None:
+    with open_store(bank, tmp_path) as writer, open_store(bank, tmp_path) as sweeper:
+        ref = writer.write_bytes(rand(100_000, 11))
+        writer.flush()
+        with pytest.raises(StoreLockedError, match="writer"):
+            sweeper.sweep(set())
+        assert writer.read_bytes(ref)
+    with open_store(bank, tmp_path) as sweeper:
+        sweeper.sweep(ref.chunk_ids())
+
+
+def test_crash_leftovers_are_harmless(bank: Bank, tmp_path: Path) -> None:
+    """A pack uploaded without its index segment (crash between the two) loses nothing
+    referenced and is removed by the next sweep."""
+    with open_store(bank, tmp_path) as store:
+        ref = store.write_bytes(rand(1 << 20, 12))
+    section = bank.get_section("content")
+    section.update_object("packs/ff/" + "ff" * 32, b"half a pack")
+    with open_store(bank, tmp_path) as store:
+        assert store.read_bytes(ref)
+        report = store.verify(read_data=True)
+        assert report.ok and report.unindexed_packs == ["ff" * 32]
+        store.sweep(ref.chunk_ids())
+        assert store.verify().unindexed_packs == []
+
+
+# -- concurrency -------------------------------------------------------------------------
+def test_threads_share_one_store(bank: Bank, tmp_path: Path) -> None:
+    shared = rand(1 << 20, 13)
+    datas = [rand(1 << 20, 100 + i) + shared for i in range(6)]
+    refs: dict[int, FileRef] = {}
+    with open_store(bank, tmp_path) as store:
+
+        def work(i: int) -> None:
+            refs[i] = store.write_bytes(datas[i])
+            store.flush()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(datas))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.stats.chunks_deduplicated > 0
+    with open_store(bank, tmp_path) as store:
+        for i, data in enumerate(datas):
+            assert store.read_bytes(refs[i]) == data
+        assert store.verify(read_data=True).ok
+
+
+def test_two_store_objects_on_one_bank(bank: Bank, tmp_path: Path) -> None:
+    other_bank = Bank(FilesystemBank(root=tmp_path / "bank", fsync=False))  # another process
+    a = open_store(bank, tmp_path)
+    b = ContentStore.open(
+        other_bank.get_section("content"), make_config(tmp_path / "b"), password=None
+    )
+    assert a.id == b.id
+    da, db = rand(2 << 20, 14), rand(2 << 20, 15)
+    ra, rb = a.write_bytes(da), b.write_bytes(db)
+    a.flush()
+    b.flush()
+    assert a.read_bytes(rb) == db  # found through b's index segment on a miss
+    assert b.read_bytes(ra) == da
+    a.close()
+    b.close()
+    with open_store(bank, tmp_path) as c:
+        assert c.read_bytes(ra) == da and c.read_bytes(rb) == db
+        assert c.verify(read_data=True).ok
+
+
+def test_concurrent_creation_makes_one_store(tmp_path: Path) -> None:
+    banks = [Bank(FilesystemBank(root=tmp_path / "bank", fsync=False)) for _ in range(4)]
+    stores: list[ContentStore] = []
+    barrier = threading.Barrier(len(banks))
+
+    def create(bank: Bank) -> None:
+        barrier.wait()
+        stores.append(
+            ContentStore.open(
+                bank.get_section("content"),
+                make_config(tmp_path, encryption="aes-256-gcm"),
+                password=PASSWORD,
+            )
+        )
+
+    threads = [threading.Thread(target=create, args=(b,)) for b in banks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({s.id for s in stores}) == 1
+    ref = stores[0].write_bytes(b"one store" * 1000)
+    stores[0].flush()
+    assert stores[-1].read_bytes(ref) == b"one store" * 1000
+    for store in stores:
+        store.close()
+
+
+CHILD = r"""
+import json, random, sys
+from pathlib import Path
+from tutela.bank import Bank
+from tutela.bank.filesystem import FilesystemBank
+from tutela.config import ProviderConfig
+from tutela.contentstore import ContentStore
+
+root, mode = Path(sys.argv[1]), sys.argv[2]
+cfg = ProviderConfig.from_dict({"content_store": {"cache_dir": str(root / "cache"),
+                                                  "encryption": "aes-256-gcm"}})
+bank = Bank(FilesystemBank(root=root / "bank", fsync=False))
+store = ContentStore.open(bank.get_section("content"), cfg, password="pw")
+rng = random.Random(1)
+if mode == "crash":
+    ref = store.write([rng.randbytes(3 << 20)])
+    store.flush()
+    print(json.dumps(ref.to_json()), flush=True)
+    def forever():
+        n = 0
+        while True:
+            yield rng.randbytes(1 << 20)
+            n += 1
+            if n == 40:
+                print("busy", flush=True)
+    store.write(forever())
+else:
+    import resource
+    size = int(mode)
+    def blocks():
+        text = b"".join(b"line %d of a log file with some words\n" % i for i in range(30000))
+        for i in range(size >> 20):
+            yield rng.randbytes(1 << 20) if i % 3 else text[: 1 << 20]
+    ref = store.write(blocks())
+    store.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"size": ref.size, "rss": rss}), flush=True)
+"""
+
+
+def test_sigkill_mid_write_keeps_flushed_data(bank: Bank, tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), "crash"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert child.stdout is not None
+    ref = FileRef.from_json(json.loads(child.stdout.readline()))
+    assert child.stdout.readline().strip() == "busy"  # mid-write, packs on their way
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    store = ContentStore.open(
+        bank.get_section("content"), make_config(tmp_path), password="pw", create=False
+    )
+    with store:
+        assert store.read_bytes(ref) == random.Random(1).randbytes(3 << 20)
+        report = store.verify(read_data=True, referenced=ref.chunk_ids())
+        assert report.ok, report.errors
+
+
+def test_memory_stays_bounded(tmp_path: Path) -> None:
+    size = 512 << 20
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path), str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    result = json.loads(out.stdout)
+    assert result["size"] == size
+    assert result["rss"] < 300 << 20, result  # a 512 MiB stream in well under 300 MiB
