@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 from tutela import __version__
 from tutela.engine import make_policy
@@ -281,10 +282,85 @@ def cmd_checkpoints_show(args) -> int:
     return 0
 
 
+def cmd_checkpoints_ls(args) -> int:
+    reg = _registry(args)
+    provider, cp = reg.find_checkpoint(args.checkpoint, args.provider)
+    rows = []
+    for resource in cp.graph().nodes:
+        lister = getattr(provider.type_map.get(resource.type), "list_files", None)
+        if lister is None:
+            continue
+        for e in lister(cp.resource_section(resource, writable=False), resource, args.path):
+            rows.append({"resource": resource.key, **{k: v for k, v in e.items() if k != "ref"}})
+    if args.json:
+        print_json(rows)
+        return 0
+    modes = {"dir": "d", "symlink": "l", "file": "-"}
+    for r in rows:
+        size = r.get("size", 0)
+        when = datetime.fromtimestamp(r["mtime_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+        target = f" -> {r['target']}" if r["type"] == "symlink" else ""
+        print(
+            f"{modes.get(r['type'], '?')}{r['mode']:04o} {size:>12} {when}  {r['resource'].split('#', 1)[1]}  {r['path']}{target}"
+        )
+    return 0
+
+
+def cmd_verify(args) -> int:
+    reg = _registry(args)
+    provider, cp = reg.find_checkpoint(args.checkpoint, args.provider)
+    report = provider.verify(cp.id, read_data=args.read_data)
+    if args.json:
+        print_json(report)
+    else:
+        what = "all data read and checked" if args.read_data else "objects present"
+        print(
+            f"checkpoint {cp.id}: {'ok' if report['ok'] else 'DAMAGED'} ({what}, {report.get('packs_checked', 0)} packs)"
+        )
+        for p in report["problems"]:
+            where = f"{p['resource']}: " if "resource" in p else ""
+            print(f"  {where}{p['message']}")
+            for f in p.get("files", [])[:20]:
+                print(f"    {f}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_prune(args) -> int:
+    from tutela.retention import Policy
+
+    reg = _registry(args)
+    provider = _provider(reg, args.provider)
+    policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
+    if policy.empty():
+        raise CLIError(
+            "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly"
+        )
+    result = provider.prune(policy, dry_run=args.dry_run, progress=make_progress(quiet=True))
+    if args.json:
+        print_json(result)
+        return 1 if result["failed"] else 0
+    for group in result["groups"]:
+        print(", ".join(group["resources"]))
+        for cid, why in sorted(group["keep"].items(), reverse=True):
+            print(f"  keep    {cid}  ({', '.join(why)})")
+        for cid in group["delete"]:
+            print(f"  {'would delete' if args.dry_run else 'delete'}  {cid}")
+    for f in result["failed"]:
+        print(f"  FAILED {f['id']}: {f['error']}", file=sys.stderr)
+    if not args.dry_run:
+        print(
+            f"{len(result['deleted'])} checkpoint(s) deleted, {human_bytes(result['freed_bytes'])} freed"
+        )
+    return 1 if result["failed"] else 0
+
+
 def cmd_restore(args) -> int:
     reg = _registry(args)
     provider, cp = reg.find_checkpoint(args.checkpoint, args.provider)
     parameters = load_parameters(args.parameters)
+    if args.path:
+        entry = parameters.setdefault("Tutela::Directory", {})
+        entry["paths"] = [*entry.get("paths", []), *args.path]
     if args.dry_run:
         _dry_run_output(args, provider.build_flow("restore", cp.graph(), parameters))
         return 0
@@ -439,8 +515,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--provider", metavar="ID|NAME")
     s.set_defaults(func=cmd_checkpoints_show)
 
+    s = csub.add_parser("ls", parents=[common], help="list the files of protected trees")
+    s.add_argument("checkpoint", metavar="CHECKPOINT")
+    s.add_argument("path", nargs="?", metavar="PATH", help="only under this relative path")
+    s.add_argument("--provider", metavar="ID|NAME")
+    s.set_defaults(func=cmd_checkpoints_ls)
+
+    p = sub.add_parser("verify", parents=[common], help="check a checkpoint's data")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--read-data", action="store_true", help="read and check every chunk")
+    p.add_argument("--provider", metavar="ID|NAME")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("prune", parents=[common], help="delete checkpoints by a retention policy")
+    p.add_argument("--provider", metavar="ID|NAME")
+    for rule in ("last", "daily", "weekly", "monthly"):
+        p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    p.set_defaults(func=cmd_prune)
+
     p = sub.add_parser("restore", parents=[common, run], help="restore a checkpoint")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="restore only this path of directories (repeatable)",
+    )
     p.add_argument("--provider", metavar="ID|NAME")
     p.set_defaults(func=cmd_restore)
 

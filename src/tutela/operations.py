@@ -77,6 +77,30 @@ class OperationContext:
         self.new_resources: dict[str, Any] = {}
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
+        self._previous: list[Checkpoint] | None = None
+
+    @property
+    def content_store(self):
+        """The bank's deduplicating content store (see tutela.contentstore)."""
+        return self.provider.content_store()
+
+    def previous_checkpoint(self, resource: Resource) -> Checkpoint | None:
+        """The newest `available` checkpoint of this provider holding `resource`, for
+        incremental protection; None if there is none."""
+        with self._lock:
+            if self._previous is None:
+                self._previous = [
+                    cp
+                    for cp in self.provider.checkpoints.list(
+                        provider_id=self.provider.id, status="available"
+                    )
+                    if cp.id != self.record_id
+                ]
+            candidates = list(self._previous)
+        for cp in candidates:
+            if resource in cp.graph():
+                return cp
+        return None
 
     def report_bytes(self, count: int) -> None:
         self.progress.bytes_moved(count)

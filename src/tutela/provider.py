@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ class Provider:
             t = protectable.get_resource_type()
             self.protectables[t] = protectable
             self.protectable_refs[t] = ref
+        self._store: Any = None
+        self._store_lock = threading.Lock()
         self._dependents_of: dict[str, list[Any]] = {}
         for protectable in self.protectables.values():
             for parent_type in protectable.get_parent_resource_types() or []:
@@ -242,7 +245,54 @@ class Provider:
         return found
 
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self.bank.plugin.close()
+
+    def content_store(self):
+        """The bank's content store (section `content/`), opened on first use; one per
+        provider object, shared by every hook thread (the store is thread-safe)."""
+        with self._store_lock:
+            if self._store is None:
+                from tutela.contentstore import ContentStore
+
+                self._store = ContentStore.open(self.bank.get_section("content"), self.config)
+            return self._store
+
+    def referenced_chunks(self, exclude: str | None = None) -> set[str]:
+        """Every chunk id that a checkpoint not deleted (or being deleted) refers to: what a
+        sweep must keep.  Plugins list theirs under `content-chunks/` of their sections."""
+        live: set[str] = set()
+        for cid in self.checkpoints.iter_ids():
+            if cid == exclude:
+                continue
+            try:
+                cp = self.checkpoints.get(cid)
+            except TutelaError:
+                continue
+            if cp.status in (DELETED,):
+                continue
+            section = cp.data_section()
+            for key in section.iter_objects():
+                if "/content-chunks/" in key:
+                    live.update(section.get_object(key).decode().split())
+        return live
+
+    def collect_garbage(self, repack_threshold: float = 0.3):
+        """Free the space no checkpoint refers to any more (mark and sweep).  Returns the
+        sweep report, or None when there is no content store or another writer is active
+        (then a later delete or prune frees it)."""
+        if not self.bank.list_objects("content/config", limit=1):
+            return None
+        from tutela.contentstore import StoreLockedError
+
+        store = self.content_store()
+        try:
+            return store.sweep(self.referenced_chunks(), repack_threshold=repack_threshold)
+        except StoreLockedError as exc:
+            log.warning("space not freed yet: %s", exc)
+            return None
 
     # -- lookups ---------------------------------------------------------------------------
     @property
@@ -428,6 +478,7 @@ class Provider:
         *,
         policy: ExecutorPolicy | None = None,
         progress: Progress | None = None,
+        collect: bool = True,
     ) -> Checkpoint:
         checkpoint = self.checkpoints.get(checkpoint_id)
         if checkpoint.status == DELETED:
@@ -453,9 +504,109 @@ class Provider:
         OperationRun(
             self, flow, checkpoint, checkpoint, policy or self.policy, progress or Progress()
         ).execute()
-        # Plugins removed their data; sweep whatever is left under the checkpoint's data.
+        # Plugins removed their data; sweep whatever is left under the checkpoint's data,
+        # then free the chunks that no other checkpoint refers to.
         checkpoint.data_section().delete_all()
+        if collect:
+            self.collect_garbage()
         return checkpoint
+
+    def verify(self, checkpoint_id: str, read_data: bool = False) -> dict[str, Any]:
+        """Check that everything the checkpoint needs exists and, with `read_data`, that
+        every chunk decrypts, decompresses and hashes to its id.  Problems name the pack and
+        the resources (and files) they affect."""
+        checkpoint = self.checkpoints.get(checkpoint_id)
+        problems: list[dict[str, Any]] = []
+        graph = checkpoint.graph()
+        records = checkpoint.resource_records()
+        chunks_of: dict[str, set[str]] = {}
+        for resource in graph.nodes:
+            section = checkpoint.resource_section(resource, writable=False)
+            if checkpoint.status == AVAILABLE and resource.key not in records:
+                problems.append({"resource": resource.key, "message": "no record of this resource"})
+            ids: set[str] = set()
+            for key in section.iter_objects("content-chunks/"):
+                ids.update(section.get_object(key).decode().split())
+            if ids:
+                chunks_of[resource.key] = ids
+        report: dict[str, Any] = {
+            "checkpoint": checkpoint.id,
+            "status": checkpoint.status,
+            "read_data": read_data,
+        }
+        if chunks_of:
+            store = self.content_store()
+            all_ids = set().union(*chunks_of.values())
+            result = store.verify(read_data=read_data, referenced=all_ids)
+            report["packs_checked"] = result.packs_checked
+            report["chunks_checked"] = result.chunks_checked
+            bad: set[str] = set()
+            if result.errors:
+                by_pack = store.pack_chunks()
+                for error in result.errors:
+                    words = error.split()
+                    if words[0] == "pack" and words[1].rstrip(":") in by_pack:
+                        bad.update(by_pack[words[1].rstrip(":")])
+                    elif words[0] == "chunk":
+                        bad.add(words[1].rstrip(":"))
+                    if "chunk" in words[2:]:
+                        i = words.index("chunk", 2)
+                        bad.add(words[i + 1].rstrip(":"))
+            for error in result.errors:
+                problems.append({"message": error})
+            for resource in graph.nodes:
+                hit = chunks_of.get(resource.key, set()) & bad
+                if not hit:
+                    continue
+                item: dict[str, Any] = {
+                    "resource": resource.key,
+                    "message": f"{len(hit)} damaged or missing chunk(s)",
+                }
+                lister = getattr(self.type_map.get(resource.type), "list_files", None)
+                if lister is not None:
+                    section = checkpoint.resource_section(resource, writable=False)
+                    item["files"] = [
+                        e["path"]
+                        for e in lister(section, resource)
+                        if "ref" in e and any(c[0] in hit for c in e["ref"]["chunks"])
+                    ]
+                problems.append(item)
+        report["problems"] = problems
+        report["ok"] = not problems
+        return report
+
+    def prune(
+        self, policy, dry_run: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Apply a retention policy per set of protected resources, delete what it does not
+        keep, then free the space once."""
+        from tutela.retention import select
+
+        groups: dict[tuple[str, ...], list[Checkpoint]] = {}
+        for cp in self.checkpoints.list(provider_id=self.id):
+            roots = tuple(sorted(f"{r['type']}#{r['id']}" for r in cp.summary()["roots"]))
+            groups.setdefault(roots, []).append(cp)
+        plan = []
+        for roots, cps in groups.items():
+            delete, kept = select([(c.id, c.created_at, c.status) for c in cps], policy)
+            plan.append({"resources": list(roots), "keep": kept, "delete": delete})
+        deleted, failed = [], []
+        if not dry_run:
+            for group in plan:
+                for cid in group["delete"]:
+                    try:
+                        self.delete(cid, progress=progress, collect=False)
+                        deleted.append(cid)
+                    except TutelaError as exc:
+                        failed.append({"id": cid, "error": str(exc)})
+        sweep = None if dry_run else self.collect_garbage()
+        return {
+            "dry_run": dry_run,
+            "groups": plan,
+            "deleted": deleted,
+            "failed": failed,
+            "freed_bytes": getattr(sweep, "bytes_freed", 0) if sweep else 0,
+        }
 
     def _owner_alive(self, checkpoint: Checkpoint) -> bool:
         owner = checkpoint.index.get("owner_id")

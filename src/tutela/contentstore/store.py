@@ -988,6 +988,11 @@ class ContentStore:
                 report.errors.append(f"chunk {cid}: referenced but in no index segment")
         return report
 
+    def pack_chunks(self) -> dict[str, list[str]]:
+        """Every indexed pack and the chunk ids (hex) it holds, to tell what damage affects."""
+        _, packs = self._reload_full()
+        return {pack: [e[0].hex() for e in entries] for pack, entries in packs.items()}
+
     def _verify_pack(self, pack: str, entries: PackEntries, report: VerifyReport) -> list[str]:
         try:
             data = self.section.get_object(pack_key(pack))
@@ -1166,6 +1171,13 @@ class ContentStore:
                 self.section.delete_object(LOCK_PREFIX + self._lock_id)
                 self._lock_written = 0.0
                 raise
+
+    def hold(self) -> None:
+        """Announce this store as a writer before referring to chunks that already exist
+        (an incremental protect that reuses an earlier checkpoint's chunks writes nothing
+        new), so that a sweep elsewhere waits instead of deleting them."""
+        self._check_usable()
+        self._ensure_lock()
 
     def _refresh_lock(self) -> None:
         if self._lock_written and time.monotonic() - self._lock_written > LOCK_REFRESH_SECONDS:

@@ -1,17 +1,22 @@
-"""`Tutela::Directory`: a directory tree on the local filesystem.
+"""`Tutela::Directory`: a directory tree on the local filesystem (or, as `HOST:/path`, on the
+host whose Dask worker runs its hooks).
 
-Resources are named by absolute path.  Protect streams every regular file's bytes into the
-resource's bank section with a SHA-256 per file, and records the tree (files, folders, symlinks,
-empty files, modes and mtimes) in a manifest.  Restore writes the tree to its original path or
-to a `target`, refusing a non-empty target unless `overwrite: true`, and verifies every file's
-checksum on the way back.  Delete removes the checkpoint's data.
+Protect stores every regular file's bytes in the bank's content store (deduplicated across
+files, resources and checkpoints, compressed, optionally encrypted) and records the tree —
+files, folders, symlinks, empty files, modes, mtimes — in a manifest.  It is incremental
+forever: a file whose path, size, mtime and inode match the previous available checkpoint of the
+same resource is not read again; its chunk list is taken over.  A file that changes while it is
+read is read once more and, if it changes again, recorded as `changed_while_read`.
+
+Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
+refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
+Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -26,7 +31,6 @@ from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 TYPE = "Tutela::Directory"
-BLOCK = 1 << 20
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -52,6 +56,11 @@ RESTORE_SCHEMA: dict[str, Any] = {
             "default": False,
             "description": "Restore into a non-empty target.",
         },
+        "paths": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "description": "Restore only these paths (relative to the directory; a folder brings its tree).",
+        },
     },
     "additionalProperties": False,
 }
@@ -65,6 +74,9 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "symlinks": {"type": "integer", "minimum": 0},
         "bytes": {"type": "integer", "minimum": 0},
         "skipped": {"type": "array", "items": {"type": "string"}},
+        "reused_files": {"type": "integer", "minimum": 0},
+        "read_bytes": {"type": "integer", "minimum": 0},
+        "previous_checkpoint": {"type": ["string", "null"]},
         "changed_while_read": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["path", "files", "bytes"],
@@ -133,12 +145,38 @@ def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result]]:
         stack.extend(reversed(subdirs))
 
 
+def read_manifest(section) -> list[dict[str, Any]]:
+    try:
+        data = b"".join(section.get_object_stream("manifest.jsonl"))
+    except ObjectNotFound:
+        return []
+    return [json.loads(line) for line in data.splitlines() if line]
+
+
+def _same_file(old: dict[str, Any] | None, st: os.stat_result) -> bool:
+    return bool(
+        old
+        and old.get("type") == "file"
+        and "ref" in old
+        and not old.get("changed_while_read")
+        and old.get("size") == st.st_size
+        and old.get("mtime_ns") == st.st_mtime_ns
+        and old.get("ino") == st.st_ino
+    )
+
+
+def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    return before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns
+
+
 class ProtectDirectory(Operation):
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
         root = local_path(resource)
         if not os.path.isdir(root):
             raise ResourceError(f"{TYPE} {root!r} no longer exists")
         section = checkpoint.bank_section
+        store = context.content_store
+        store.hold()  # before taking over chunks of an earlier checkpoint
         exclude = {p.strip("/") for p in parameters.get("exclude", [])}
         # Files that are resources of their own in this graph (e.g. a SQLite database under
         # the folder) are protected by their own plugin, consistently; not copied raw here.
@@ -146,8 +184,15 @@ class ProtectDirectory(Operation):
             dep_path = split_host(dep.id)[1]
             if dep_path.startswith(root.rstrip("/") + "/"):
                 exclude.add(os.path.relpath(dep_path, root))
+        previous = context.previous_checkpoint(resource)
+        old: dict[str, dict[str, Any]] = {}
+        if previous is not None:
+            old = {
+                e["path"]: e
+                for e in read_manifest(previous.resource_section(resource, writable=False))
+            }
         st = os.stat(root)
-        manifest: list[dict[str, Any]] = [
+        entries: list[dict[str, Any]] = [
             {
                 "path": ".",
                 "type": "dir",
@@ -155,9 +200,16 @@ class ProtectDirectory(Operation):
                 "mtime_ns": st.st_mtime_ns,
             }
         ]
-        counts = {"files": 0, "directories": 0, "symlinks": 0, "bytes": 0}
+        counts = {
+            "files": 0,
+            "directories": 0,
+            "symlinks": 0,
+            "bytes": 0,
+            "reused_files": 0,
+            "read_bytes": 0,
+        }
         skipped: list[str] = []
-        changed: list[str] = []
+        todo: dict[int, tuple[str, os.stat_result]] = {}
         for rel, st in _walk(root, exclude):
             full = os.path.join(root, rel)
             mode = st.st_mode
@@ -174,23 +226,31 @@ class ProtectDirectory(Operation):
                 entry["target"] = os.readlink(full)
                 counts["symlinks"] += 1
             elif stat.S_ISREG(mode):
-                key = f"files/{counts['files']:08d}"
-                digest, size, torn = self._store_file(section, key, full, st, context)
-                if torn:
-                    changed.append(rel)
-                entry.update(type="file", size=size, sha256=digest, object=key)
+                entry.update(type="file", size=st.st_size, ino=st.st_ino)
                 counts["files"] += 1
-                counts["bytes"] += size
+                counts["bytes"] += st.st_size
+                prior = old.get(rel)
+                if _same_file(prior, st):
+                    entry["ref"] = prior["ref"]  # type: ignore[index]
+                    counts["reused_files"] += 1
+                else:
+                    todo[len(entries)] = (full, st)
             else:
                 skipped.append(rel)
                 continue
-            manifest.append(entry)
+            entries.append(entry)
+
+        changed = self._store_files(store, entries, todo, counts, context)
+        store.flush()  # the chunks are durable before anything refers to them
+        chunk_ids = sorted({c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]})
+        section.update_object("content-chunks/tree", "\n".join(chunk_ids))
         section.update_object_stream(
-            "manifest.jsonl", (json.dumps(e).encode() + b"\n" for e in manifest)
+            "manifest.jsonl", (json.dumps(e).encode() + b"\n" for e in entries)
         )
         info = {
             "path": root,
             "host": resource.extra_info.get("host", socket.gethostname()),
+            "previous_checkpoint": previous.id if previous is not None else None,
             **counts,
         }
         if skipped:
@@ -198,36 +258,45 @@ class ProtectDirectory(Operation):
         if changed:
             info["changed_while_read"] = changed
             context.progress.message(
-                f"{resource.key}: files changed while read: {', '.join(changed[:5])}"
+                f"{resource.key}: {len(changed)} file(s) kept changing while read, recorded as such: "
+                + ", ".join(changed[:5])
             )
         section.put_json("metadata", info)
 
     @staticmethod
-    def _store_file(
-        section, key: str, path: str, before: os.stat_result, context
-    ) -> tuple[str, int, bool]:
-        """Stream one file; re-read once if it changed while read, then report it as torn."""
-        for attempt in range(2):
-            digest = hashlib.sha256()
-            size = 0
+    def _store_files(store, entries, todo, counts, context) -> list[str]:
+        """Store new and changed files (pipelined); re-read once any file that changed while
+        it was read.  Returns the files that changed on both reads."""
 
-            def blocks(fh, digest=digest):
-                nonlocal size
-                while block := fh.read(BLOCK):
-                    digest.update(block)
-                    size += len(block)
-                    context.report_bytes(len(block))
-                    yield block
+        def sources():
+            for index, (full, _) in todo.items():
+                yield index, full
 
-            with open(path, "rb") as fh:
-                section.update_object_stream(key, blocks(fh))
-            after = os.stat(path, follow_symlinks=False)
-            if after.st_size == size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
-                return digest.hexdigest(), size, False
-            before = after
-            if attempt == 0:
-                continue
-        return digest.hexdigest(), size, True
+        again: dict[int, tuple[str, os.stat_result]] = {}
+        for index, ref in store.write_many(sources()):
+            full, before = todo[index]
+            entries[index]["ref"] = ref.to_json()
+            counts["read_bytes"] += ref.size
+            context.report_bytes(ref.size)
+            try:
+                after = os.stat(full, follow_symlinks=False)
+            except FileNotFoundError:
+                after = before
+            if not _unchanged(before, after) or ref.size != before.st_size:
+                again[index] = (full, after)
+        changed = []
+        for index, (full, before) in again.items():
+            ref = store.write_file(full)
+            after = os.stat(full, follow_symlinks=False)
+            entry = entries[index]
+            entry.update(
+                ref=ref.to_json(), size=ref.size, mtime_ns=after.st_mtime_ns, ino=after.st_ino
+            )
+            counts["read_bytes"] += ref.size
+            if not _unchanged(before, after) or ref.size != after.st_size:
+                entry["changed_while_read"] = True
+                changed.append(entry["path"])
+        return changed
 
 
 def _safe_rel(rel: str) -> str:
@@ -265,18 +334,25 @@ class RestoreDirectory(Operation):
         target = os.path.abspath(parameters.get("target") or local_path(resource))
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
-        try:
-            lines = b"".join(section.get_object_stream("manifest.jsonl")).splitlines()
-        except ObjectNotFound:
-            raise TutelaError(
-                f"{resource.key}: checkpoint {checkpoint.id} has no manifest for it"
-            ) from None
+        entries = read_manifest(section)
+        if not entries:
+            raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} has no manifest for it")
+        wanted = [p.strip("/") for p in parameters.get("paths", [])]
+        if wanted:
+            entries = select(entries, wanted)
+            missing = [w for w in wanted if not any(in_path(e["path"], w) for e in entries)]
+            if missing:
+                raise TutelaError(
+                    f"{resource.key}: not in checkpoint {checkpoint.id}: {', '.join(missing)}"
+                )
+        store = context.content_store
         dirs: list[tuple[str, dict[str, Any]]] = []
         checked: set[str] = set()
 
         def confined(path: str) -> str:
             parent = os.path.dirname(path)
             if parent not in checked:
+                os.makedirs(parent, exist_ok=True)
                 real = os.path.realpath(parent)
                 if real != real_target and not real.startswith(real_target + os.sep):
                     raise TutelaError(
@@ -285,8 +361,7 @@ class RestoreDirectory(Operation):
                 checked.add(parent)
             return path
 
-        for line in lines:
-            entry = json.loads(line)
+        for entry in entries:
             rel = _safe_rel(entry["path"])
             dest = target if rel == "." else confined(os.path.join(target, rel))
             kind = entry["type"]
@@ -301,25 +376,27 @@ class RestoreDirectory(Operation):
                 os.symlink(entry["target"], dest)
                 os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
             elif kind == "file":
-                self._restore_file(section, entry, dest, context)
+                self._restore_file(store, entry, dest, context)
         for dest, entry in reversed(dirs):
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
 
     @staticmethod
-    def _restore_file(section, entry: dict[str, Any], dest: str, context) -> None:
+    def _restore_file(store, entry: dict[str, Any], dest: str, context) -> None:
+        from tutela.contentstore import FileRef
+
         folder = os.path.dirname(dest)
         fd, tmp = tempfile.mkstemp(prefix=".tutela-restore-", dir=folder)
-        digest = hashlib.sha256()
         try:
+            written = 0
             with os.fdopen(fd, "wb") as fh:
-                for block in section.get_object_stream(entry["object"]):
-                    digest.update(block)
+                for block in store.read(FileRef.from_json(entry["ref"])):
                     fh.write(block)
+                    written += len(block)
                     context.report_bytes(len(block))
-            if digest.hexdigest() != entry["sha256"]:
+            if written != entry["size"]:
                 raise TutelaError(
-                    f"checksum mismatch restoring {entry['path']!r}: the bank's copy is damaged"
+                    f"restoring {entry['path']!r}: got {written} bytes, expected {entry['size']}"
                 )
             os.chmod(tmp, entry["mode"])
             os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]))
@@ -330,6 +407,20 @@ class RestoreDirectory(Operation):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def in_path(path: str, wanted: str) -> bool:
+    return path == wanted or path.startswith(wanted + "/")
+
+
+def select(entries: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+    """The entries under the wanted paths, plus the folders that lead to them."""
+    keep = [e for e in entries if any(in_path(e["path"], w) for w in wanted)]
+    parents = {
+        "/".join(e["path"].split("/")[:i]) for e in keep for i in range(1, e["path"].count("/") + 1)
+    }
+    lead = [e for e in entries if e["type"] == "dir" and e["path"] in parents]
+    return sorted(lead + keep, key=lambda e: (e["path"].count("/"), e["path"]))
 
 
 def _remove(path: str) -> None:
@@ -367,6 +458,15 @@ class DirectoryProtectionPlugin(ProtectionPlugin):
 
     def get_delete_operation(self, resource: Resource) -> Operation:
         return DeleteDirectory()
+
+    def list_files(
+        self, section, resource: Resource, path: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The manifest entries of a protected tree (for `tutela checkpoints ls`)."""
+        entries = read_manifest(section)
+        if path:
+            entries = [e for e in entries if in_path(e["path"], path.strip("/"))]
+        return entries
 
 
 __all__ = ["TYPE", "DirectoryProtectable", "DirectoryProtectionPlugin", "Path"]

@@ -1,0 +1,210 @@
+"""Tutela::Directory on the content store: incremental forever, dedup, single-path restore,
+listing, verify, delete that frees space (also while a protect runs), prune."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from tutela import OperationFailed, Resource
+from tutela.cli import main
+from tutela.retention import Policy, select
+
+DIR = "Tutela::Directory"
+
+
+def tree(root, n=30, size=50_000):
+    (root / "a" / "b").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / "a" / f"f{i}.bin").write_bytes(os.urandom(size))
+    (root / "a" / "b" / "text.txt").write_text("line\n" * 10_000)
+    return root
+
+
+def info_of(cp, path):
+    return cp.resource_records()[f"{DIR}#{path}"]["saved_info"]
+
+
+def bank_bytes(root):
+    return sum(p.stat().st_size for p in (root / "objects" / "content").rglob("*") if p.is_file())
+
+
+def test_unchanged_reprotect_reads_nothing_and_stores_nothing(make_provider, tmp_path):
+    src = tree(tmp_path / "src")
+    provider = make_provider()
+    first = provider.protect([Resource(DIR, str(src))])
+    assert info_of(first, src)["read_bytes"] == info_of(first, src)["bytes"] > 0
+    size1 = bank_bytes(tmp_path / "bank")
+    second = provider.protect([Resource(DIR, str(src))])
+    info = info_of(second, src)
+    assert info["read_bytes"] == 0
+    assert info["reused_files"] == 31
+    assert info["previous_checkpoint"] == first.id
+    assert bank_bytes(tmp_path / "bank") - size1 < 20_000  # only index/lock metadata
+    # One changed file is the only one read again.
+    (src / "a" / "f3.bin").write_bytes(os.urandom(50_000))
+    third = provider.protect([Resource(DIR, str(src))])
+    assert info_of(third, src)["read_bytes"] == 50_000
+    out = tmp_path / "out"
+    provider.restore(third.id, {DIR: {"target": str(out)}})
+    assert (out / "a" / "f3.bin").read_bytes() == (src / "a" / "f3.bin").read_bytes()
+    assert (out / "a" / "b" / "text.txt").read_text() == (src / "a" / "b" / "text.txt").read_text()
+
+
+def test_duplicate_files_are_stored_once(make_provider, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    blob = os.urandom(2_000_000)
+    for i in range(5):
+        (src / f"copy{i}").write_bytes(blob)
+    provider = make_provider()
+    provider.protect([Resource(DIR, str(src))])
+    stored = bank_bytes(tmp_path / "bank")
+    assert stored < 2_500_000  # five copies of 2 MB, stored once
+
+
+def test_restore_single_path_and_ls(make_provider, tmp_path, env_config_dir, capsys):
+    src = tree(tmp_path / "src", n=3)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    out = tmp_path / "out"
+    provider.restore(cp.id, {DIR: {"target": str(out), "paths": ["a/b"]}})
+    assert (out / "a" / "b" / "text.txt").exists()
+    assert not (out / "a" / "f0.bin").exists()
+    with pytest.raises(OperationFailed) as info:
+        provider.restore(cp.id, {DIR: {"target": str(tmp_path / "out2"), "paths": ["nope"]}})
+    assert "not in checkpoint" in str(info.value)
+    # The CLI lists the files (through a provider file pointing at the same bank).
+    (env_config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
+    )
+    assert main(["checkpoints", "ls", cp.id, "a/b", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["path"] for e in listed] == ["a/b", "a/b/text.txt"]
+
+
+def test_file_changing_while_read_is_reported(make_provider, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    victim = src / "busy.log"
+    victim.write_bytes(b"x" * 100_000)
+    from tutela.plugins import directory
+
+    real_stat = os.stat
+
+    def moving_stat(path, *a, **kw):
+        if str(path) == str(victim):  # every look after the walk finds it has grown
+            with open(victim, "ab") as fh:
+                fh.write(b"y")
+        return real_stat(path, *a, **kw)
+
+    monkeypatch.setattr(directory.os, "stat", moving_stat)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    info = info_of(cp, src)
+    assert info["changed_while_read"] == ["busy.log"]
+
+
+def test_verify_catches_a_flipped_bit(make_provider, tmp_path, capsys, env_config_dir):
+    src = tree(tmp_path / "src", n=4)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    assert provider.verify(cp.id, read_data=True)["ok"]
+    provider.close()
+    packs = [p for p in (tmp_path / "bank" / "objects" / "content" / "packs").rglob("*") if p.is_file()]
+    data = bytearray(packs[0].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    packs[0].write_bytes(bytes(data))
+    provider = make_provider()
+    assert provider.verify(cp.id, read_data=False)["ok"]  # presence only
+    report = provider.verify(cp.id, read_data=True)
+    assert not report["ok"]
+    files = [f for p in report["problems"] for f in p.get("files", [])]
+    assert files and all(f.startswith("a/") for f in files)
+    (env_config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
+    )
+    assert main(["verify", cp.id, "--read-data"]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
+
+
+def test_delete_frees_space_but_keeps_what_others_need(make_provider, tmp_path):
+    src = tree(tmp_path / "src", n=10, size=200_000)
+    provider = make_provider()
+    first = provider.protect([Resource(DIR, str(src))])
+    for i in range(5):
+        (src / "a" / f"f{i}.bin").write_bytes(os.urandom(200_000))
+    second = provider.protect([Resource(DIR, str(src))])
+    before = bank_bytes(tmp_path / "bank")
+    provider.delete(first.id)
+    after = bank_bytes(tmp_path / "bank")
+    assert before - after > 800_000  # the five replaced files' chunks are gone
+    out = tmp_path / "out"
+    provider.restore(second.id, {DIR: {"target": str(out)}})
+    for i in range(10):
+        assert (out / "a" / f"f{i}.bin").read_bytes() == (src / "a" / f"f{i}.bin").read_bytes()
+    assert provider.verify(second.id, read_data=True)["ok"]
+
+
+def test_delete_and_protect_at_the_same_time_lose_nothing(make_provider, tmp_path):
+    src = tree(tmp_path / "src", n=20, size=100_000)
+    protector = make_provider()
+    deleter = make_provider()  # another writer on the same bank, as another process would be
+    old = protector.protect([Resource(DIR, str(src))])
+    results: dict[str, object] = {}
+
+    def protect():
+        results["new"] = protector.protect([Resource(DIR, str(src))])
+
+    t = threading.Thread(target=protect)
+    t.start()
+    deleter.delete(old.id)
+    t.join()
+    new = results["new"]
+    out = tmp_path / "out"
+    deleter.close()
+    protector.close()
+    fresh = make_provider()
+    fresh.restore(new.id, {DIR: {"target": str(out)}})
+    for i in range(20):
+        assert (out / "a" / f"f{i}.bin").read_bytes() == (src / "a" / f"f{i}.bin").read_bytes()
+    fresh.collect_garbage()
+    assert fresh.verify(new.id, read_data=True)["ok"]
+
+
+def test_retention_policy_selection():
+    cps = [
+        ("c1", "2026-11-01T10:00:00Z", "available"),
+        ("c2", "2026-11-01T12:00:00Z", "available"),
+        ("c3", "2026-11-02T12:00:00Z", "available"),
+        ("c4", "2026-11-09T12:00:00Z", "available"),
+        ("c5", "2026-11-10T12:00:00Z", "error"),
+    ]
+    delete, kept = select(cps, Policy(keep_last=1))
+    assert sorted(delete) == ["c1", "c2", "c3", "c5"] and list(kept) == ["c4"]
+    delete, kept = select(cps, Policy(keep_daily=3))
+    assert sorted(kept) == ["c2", "c3", "c4"] and sorted(delete) == ["c1", "c5"]
+    delete, kept = select(cps, Policy(keep_weekly=2))
+    assert sorted(kept) == ["c3", "c4"]
+    delete, kept = select(cps, Policy(keep_monthly=1, keep_last=2))
+    assert sorted(kept) == ["c3", "c4"]
+
+
+def test_prune_deletes_by_policy_and_frees_space(make_provider, tmp_path):
+    src = tree(tmp_path / "src", n=5, size=100_000)
+    provider = make_provider()
+    ids = []
+    for _ in range(3):
+        (src / "a" / "f0.bin").write_bytes(os.urandom(300_000))
+        ids.append(provider.protect([Resource(DIR, str(src))]).id)
+    dry = provider.prune(Policy(keep_last=1), dry_run=True)
+    assert sorted(dry["groups"][0]["delete"]) == sorted(ids[:2]) and dry["deleted"] == []
+    result = provider.prune(Policy(keep_last=1))
+    assert sorted(result["deleted"]) == sorted(ids[:2])
+    assert result["freed_bytes"] > 400_000
+    assert [c.id for c in provider.checkpoints.list()] == [ids[2]]
