@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from recording import TYPE
 
+from recording import TYPE
 from tutela import OperationFailed, Provider, ProviderConfig, Resource, TutelaError
 
 pytestmark = pytest.mark.dask

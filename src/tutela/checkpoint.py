@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tutela.bank import Bank, BankSection
-from tutela.errors import CheckpointNotFound, ObjectNotFound, TutelaError
+from tutela.errors import BankError, CheckpointNotFound, ObjectNotFound, TutelaError
 from tutela.graph import ResourceGraph
 from tutela.resource import Resource
 
@@ -85,20 +85,24 @@ class RecordWriter:
         self.lock = threading.Lock()
 
     def add(self, record: dict[str, Any]) -> None:
+        """Queue a record; written in a batch.  A bank failure here is not raised (the
+        records stay queued): the final flush, before any status, reports it."""
         with self.lock:
             self.pending.append(record)
-            due = (
-                len(self.pending) >= RECORD_BATCH or time.monotonic() - self.last > RECORD_INTERVAL
-            )
+            due = len(self.pending) >= RECORD_BATCH
+            due = due or time.monotonic() - self.last > RECORD_INTERVAL
         if due:
-            self.flush()
+            try:
+                self.flush()
+            except BankError:
+                self.last = time.monotonic()
 
     def flush(self) -> None:
         with self.lock:
             if not self.pending:
                 return
-            batch, self.pending = self.pending, []
-            self.section.put_json(f"records/{self.seq:08d}.json", batch)
+            self.section.put_json(f"records/{self.seq:08d}.json", self.pending)
+            self.pending = []
             self.seq += 1
             self.last = time.monotonic()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ from tutela.checkpoint import (
     RestoreRecord,
 )
 from tutela.engine import Engine, EngineListener, ExecutorPolicy
-from tutela.errors import HookError, LeaseError, OperationFailed, TutelaError
+from tutela.errors import BankError, HookError, LeaseError, OperationFailed, TutelaError
 from tutela.flow import Flow
 from tutela.plugin import HOOKS, call_hook, has_abort
 from tutela.resource import Resource
@@ -342,7 +344,12 @@ class OperationRun:
             except Exception as exc:
                 # The executor could not start (e.g. a cluster went away after preflight).
                 message = _error_text(exc)
-                self.record.set_status(self.spec.error_status, error={"message": message})
+                with contextlib.suppress(BankError):
+                    self._persist(
+                        lambda: self.record.set_status(
+                            self.spec.error_status, error={"message": message}
+                        )
+                    )
                 self.progress.finished(self.spec.error_status)
                 raise OperationFailed(
                     f"{flow.kind} {self.record.id} ended in {self.spec.error_status}: {message}",
@@ -352,7 +359,12 @@ class OperationRun:
             if failures or engine_result.cancelled:
                 self._finish_failed(engine_result, recorder)
                 return
-            self.record.records.flush()
+            try:
+                self.record.records.flush()
+            except BankError as exc:
+                recorder.failed.setdefault(0, ("(records)", exc))
+                self._finish_failed(engine_result, recorder)
+                return
             if not lease.valid():
                 message = f"lost the bank lease ({lease.lost or 'not renewed in time'})"
                 self.record.set_status(self.spec.error_status, error={"message": message})
@@ -360,6 +372,21 @@ class OperationRun:
                 raise OperationFailed(f"{flow.kind} {self.record.id}: {message}", self.record.id)
             self.record.set_status(self.spec.ok_status)
             self.progress.finished(self.spec.ok_status)
+
+    def _persist(self, write: Callable[[], None]) -> None:
+        """Write a status or records after a failure, which is often the bank's own: retry
+        for up to `status_retry_seconds` (default 60) so a short outage still ends in a
+        recorded `error`; if the bank stays away the checkpoint keeps its old status, and
+        its owner's lapsed lease marks it stale."""
+        deadline = time.monotonic() + self.provider.status_retry_seconds
+        while True:
+            try:
+                write()
+                return
+            except BankError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
 
     def _finish_failed(self, result, recorder: _Recorder) -> None:
         flow = self.flow
@@ -404,12 +431,18 @@ class OperationRun:
                     aborted += 1
                 except Exception as exc:
                     self.progress.message(f"{resource.key}: on_abort failed: {_error_text(exc)}")
-        self.record.records.flush()
         if result.cancelled and not errors:
             errors.append({"message": "cancelled by the user"})
-        self.record.set_status(
-            self.spec.error_status, errors=errors, error=errors[0] if errors else None
-        )
+        with contextlib.suppress(BankError):
+            self._persist(self.record.records.flush)
+        try:
+            self._persist(
+                lambda: self.record.set_status(
+                    self.spec.error_status, errors=errors, error=errors[0] if errors else None
+                )
+            )
+        except BankError as exc:
+            errors.append({"message": f"the status could not be written: {exc}"})
         self.progress.finished(self.spec.error_status)
         first = errors[0] if errors else {"message": "failed"}
         where = ""

@@ -114,6 +114,7 @@ class Provider:
             t = protectable.get_resource_type()
             self.protectables[t] = protectable
             self.protectable_refs[t] = ref
+        self.status_retry_seconds = config.get_float("provider", "status_retry_seconds", 60) or 60.0
         self._store: Any = None
         self._store_lock = threading.Lock()
         self._dependents_of: dict[str, list[Any]] = {}

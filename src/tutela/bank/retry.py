@@ -190,7 +190,10 @@ class LeaseProtocol:
         """Steps 2-4: write our record and see whether it survived."""
         mine = self._record()
         if not self.store.lease_write(name, mine, create_only=current is None):
-            return False
+            # A retried create can be refused because its first try landed: look.
+            stored = self.store.lease_read(name)
+            if stored is None or stored.nonce != mine.nonce:
+                return False
         if time.monotonic() - t0 > self.settle:
             return False
         time.sleep(self.settle * (1 + 0.1 * random.random()))
@@ -255,8 +258,15 @@ class LeaseProtocol:
         return current is not None and current.live() and current.owner == self.owner_id
 
     def release(self, name: str) -> None:
+        """Delete our record, but only while it is live: a lapsed record may already have
+        been replaced by another owner's between our read and our delete (deletes are not
+        conditional), and it goes away by itself anyway."""
         current = self.store.lease_read(name)
-        if current is not None and current.owner == self.owner_id:
+        if (
+            current is not None
+            and current.owner == self.owner_id
+            and current.expires - time.time() > self.settle
+        ):
             self.store.lease_delete(name)
         with self._lock:
             self._renewed.pop(name, None)

@@ -59,7 +59,7 @@ from tutela.bank.retry import (
     Transient,
     call_with_retry,
 )
-from tutela.bank.swift import BlockReader, Options, Spool
+from tutela.bank.swift import BlockReader, Options, Spool, is_broken_read
 from tutela.config import ProviderConfig
 from tutela.errors import BankError, InvalidKeyError, ObjectNotFound
 
@@ -369,6 +369,7 @@ class S3Bank(BankPlugin, LeaseStore):
             body = answer["Body"]
             offset = 0
             resumes = 0
+            failed_at = -1
             while True:
                 try:
                     for block in body.iter_chunks(chunk_size):
@@ -378,9 +379,11 @@ class S3Bank(BankPlugin, LeaseStore):
                         raise OSError("short read")
                     return
                 except Exception as exc:
-                    resumes += 1
+                    # Count breaks without progress in between; progress starts afresh.
+                    resumes = resumes + 1 if offset == failed_at else 1
+                    failed_at = offset
                     if resumes >= self.retry.attempts or not (
-                        isinstance(exc, OSError) or self._classify(exc) is not None
+                        is_broken_read(exc) or self._classify(exc) is not None
                     ):
                         raise BankError(
                             f"s3 bank: get of {key!r} broke off after {offset} bytes"

@@ -60,7 +60,7 @@ from tutela.errors import BankError, InvalidKeyError, ObjectNotFound
 
 SECTION = "swift_bank"
 LOG = logging.getLogger(__name__)
-_IO_CHUNK = 1 << 16
+_IO_CHUNK = 1 << 20
 
 
 def parse_size(value: str | int | None, default: int) -> int:
@@ -168,6 +168,16 @@ class BlockReader:
         return not self.pending
 
 
+def is_broken_read(exc: BaseException) -> bool:
+    """Did a response body break off (worth resuming with a ranged GET)?"""
+    import http.client
+
+    from requests.exceptions import RequestException
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    return isinstance(exc, OSError | http.client.HTTPException | Urllib3Error | RequestException)
+
+
 class SwiftBank(BankPlugin, LeaseStore):
     config_section = SECTION
 
@@ -204,6 +214,16 @@ class SwiftBank(BankPlugin, LeaseStore):
             value = opt.get(name) or (opt.get(alias) if alias else None)
             if value:
                 os_options[name] = value
+        if not self.auth_version.startswith("1"):
+            try:
+                import keystoneauth1  # noqa: F401
+                import keystoneclient  # noqa: F401
+            except ImportError:
+                raise config.error(
+                    f"Keystone auth (auth_version = {self.auth_version}) needs "
+                    "python-keystoneclient and keystoneauth1 installed",
+                    f"{SECTION}.auth_version",
+                ) from None
         if self.auth_version.startswith("3"):
             os_options.setdefault("user_domain_name", "Default")
             os_options.setdefault("project_domain_name", "Default")
@@ -226,6 +246,7 @@ class SwiftBank(BankPlugin, LeaseStore):
         }
         self.region = os_options.get("region_name")
         self._local = threading.local()
+        self._shared_auth: tuple[str | None, str | None] = (None, None)
         self._owner_id = make_owner_id()
         self.leases = LeaseProtocol(
             self,
@@ -235,7 +256,12 @@ class SwiftBank(BankPlugin, LeaseStore):
             opt.float("lease_settle_time", 1.0),
         )
         for name in (self.container, self.segment_container, self.lease_container):
-            self._call("create container", name, lambda c, n=name: c.put_container(n))
+            self._call(
+                "create",
+                name,
+                lambda c, n=name: c.put_container(n),
+                what=f"swift bank: creating container {name!r} via {self.auth_url}",
+            )
 
     def __repr__(self) -> str:
         return f"<SwiftBank {self.describe()}>"
@@ -248,11 +274,25 @@ class SwiftBank(BankPlugin, LeaseStore):
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            import swiftclient
-
-            conn = swiftclient.Connection(**self._conn_args)
+            conn = self._new_conn()
             self._local.conn = conn
         return conn
+
+    def _new_conn(self):
+        """A swiftclient connection sharing the bank's token.  One per thread (they are not
+        thread-safe) plus one per open download: a swiftclient connection reads a streamed
+        body from its *latest* response, so a second request on it would corrupt the first."""
+        import swiftclient
+
+        url, token = self._shared_auth  # on a 401, swiftclient authenticates again
+        return swiftclient.Connection(**self._conn_args, preauthurl=url, preauthtoken=token)
+
+    def _run(self, fn, conn=None):
+        conn = conn or self._conn()
+        result = fn(conn)
+        if conn.token and conn.url and conn.token != self._shared_auth[1]:
+            self._shared_auth = (conn.url, conn.token)
+        return result
 
     def _drop_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -289,20 +329,25 @@ class SwiftBank(BankPlugin, LeaseStore):
             return Transient(f"{why} ({type(exc).__name__})", exc)
         return None
 
-    def _call(self, op: str, key: str, fn, reset=None):
-        """Run `fn(connection)` with retries; 404 propagates as ClientException."""
+    def _call(self, op: str, key: str, fn, reset=None, what: str | None = None, conn=None):
+        """Run `fn(connection)` with retries; 404 and 412 propagate as ClientException."""
 
         def before_retry() -> None:
-            self._drop_conn()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn.http_conn = None
+            else:
+                self._drop_conn()
             if reset is not None:
                 reset()
 
         from swiftclient.exceptions import ClientException
 
-        what = f"swift bank: {op} of {key!r} in container {self.container!r}"
+        what = what or f"swift bank: {op} of {key!r} in container {self.container!r}"
         try:
             return call_with_retry(
-                self.retry, what, lambda: fn(self._conn()), self._classify, before_retry
+                self.retry, what, lambda: self._run(fn, conn), self._classify, before_retry
             )
         except ClientException as exc:
             if exc.http_status in (404, 412):
@@ -330,7 +375,7 @@ class SwiftBank(BankPlugin, LeaseStore):
         self._check(key)
         blocks = BlockReader(iter_stream(stream))
         first = Spool(blocks, self.segment_size, self.spool_memory, self.spool_dir)
-        old_segments = self._manifest_segments(key)
+        old_segments = self._manifest_segments(key, op="put")
         if first.at_end:
             try:
                 self._put_spool(self.container, key, first, "put")
@@ -402,12 +447,12 @@ class SwiftBank(BankPlugin, LeaseStore):
             raise
         return total
 
-    def _manifest_segments(self, key: str) -> list[str]:
+    def _manifest_segments(self, key: str, op: str = "head") -> list[str]:
         """The segment paths of the SLO manifest at `key` ([] if none or not a manifest)."""
         from swiftclient.exceptions import ClientException
 
         try:
-            headers = self._call("head", key, lambda c: c.head_object(self.container, key))
+            headers = self._call(op, key, lambda c: c.head_object(self.container, key))
         except ClientException as exc:
             if self._is_404(exc):
                 return []
@@ -416,7 +461,7 @@ class SwiftBank(BankPlugin, LeaseStore):
             return []
         try:
             _, body = self._call(
-                "manifest get",
+                op,
                 key,
                 lambda c: c.get_object(
                     self.container, key, query_string="multipart-manifest=get&format=raw"
@@ -455,12 +500,22 @@ class SwiftBank(BankPlugin, LeaseStore):
                         self._drop_conn()
 
     def get_object(self, key: str) -> bytes:
-        return b"".join(self.get_object_stream(key))
+        from swiftclient.exceptions import ClientException
+
+        self._check(key)
+        try:
+            _, body = self._call("get", key, lambda c: c.get_object(self.container, key))
+        except ClientException as exc:
+            if self._is_404(exc):
+                raise ObjectNotFound(f"no object {key!r} in bank") from None
+            raise BankError(f"swift bank: get of {key!r} failed: HTTP {exc.http_status}") from None
+        return body
 
     def get_object_stream(self, key: str, chunk_size: int = STREAM_CHUNK) -> Iterator[bytes]:
         from swiftclient.exceptions import ClientException
 
         self._check(key)
+        conn = self._new_conn()
 
         def open_at(offset: int, etag: str | None):
             headers = {}
@@ -474,11 +529,13 @@ class SwiftBank(BankPlugin, LeaseStore):
                 lambda c: c.get_object(
                     self.container, key, resp_chunk_size=chunk_size, headers=headers
                 ),
+                conn=conn,
             )
 
         try:
             headers, body = open_at(0, None)
         except ClientException as exc:
+            conn.close()
             if self._is_404(exc):
                 raise ObjectNotFound(f"no object {key!r} in bank") from None
             raise BankError(f"swift bank: get of {key!r} failed: HTTP {exc.http_status}") from None
@@ -486,9 +543,16 @@ class SwiftBank(BankPlugin, LeaseStore):
         size = int(headers.get("content-length", -1))
 
         def blocks() -> Iterator[bytes]:
+            try:
+                yield from read_all()
+            finally:
+                conn.close()
+
+        def read_all() -> Iterator[bytes]:
             nonlocal body
             offset = 0
             resumes = 0
+            failed_at = -1
             while True:
                 try:
                     for block in body:
@@ -498,14 +562,17 @@ class SwiftBank(BankPlugin, LeaseStore):
                         raise OSError("short read")
                     return
                 except Exception as exc:
-                    resumes += 1
-                    if resumes >= self.retry.attempts or self._classify(exc) is None:
+                    # Count breaks without progress in between; progress starts afresh.
+                    resumes = resumes + 1 if offset == failed_at else 1
+                    failed_at = offset
+                    if resumes >= self.retry.attempts or not is_broken_read(exc):
                         raise BankError(
                             f"swift bank: get of {key!r} broke off after {offset} bytes"
                         ) from None
                     with contextlib.suppress(Exception):
                         body.close()
-                    self._drop_conn()
+                    conn.close()
+                    conn.http_conn = None
                     try:
                         _, body = open_at(offset, etag)
                     except ClientException as exc2:
@@ -532,7 +599,7 @@ class SwiftBank(BankPlugin, LeaseStore):
         from swiftclient.exceptions import ClientException
 
         self._check(key)
-        segments = self._manifest_segments(key)
+        segments = self._manifest_segments(key, op="delete")
         try:
             # Without multipart-manifest=delete this removes only the manifest: the key is gone
             # at once, then the segments follow.
