@@ -40,6 +40,10 @@ class Scenario:
 
 
 SCENARIO = Scenario()
+if os.environ.get("TUTELA_TEST_GRAPH"):  # a graph for a subprocess (crash tests)
+    import json
+
+    SCENARIO.graph = json.loads(os.environ["TUTELA_TEST_GRAPH"])
 
 
 def _make_hook(name: str):
@@ -51,6 +55,8 @@ def _make_hook(name: str):
             time.sleep(delay)
         if (resource.id, name) in SCENARIO.fail:
             raise RuntimeError(f"{name} of {resource.id} failed on purpose")
+        if parameters.get("kill_in") == name:  # crash tests: die here, as a power cut would
+            os.kill(os.getpid(), 9)
         if name == "on_main":
             # For tests that run hooks in other processes (the dask executor), where
             # SCENARIO is not shared: behaviour through parameters, facts into the bank.
@@ -148,7 +154,14 @@ class RecordingProtectable(Protectable):
         return Resource(TYPE, resource_id, extra_info={"host": host} if host else None)
 
     def get_dependent_resources(self, context, parent_resource):
-        return [self.show_resource(context, c) for c in SCENARIO.graph.get(parent_resource.id, [])]
+        out = []
+        for child in SCENARIO.graph.get(parent_resource.id, []):
+            if "=" in child:  # another type: "TYPE=ID", resolved by its own protectable
+                type_, _, id_ = child.partition("=")
+                out.append(context.show_resource(type_, id_))
+            else:
+                out.append(self.show_resource(context, child))
+        return out
 
 
 class ContractOnlyPlugin:
