@@ -7,6 +7,7 @@ serialises to plain JSON inside a checkpoint; restore and delete walk that saved
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -161,6 +162,20 @@ def build_graph(
     """
     graph = ResourceGraph()
     color = bytearray()
+    # Millions of new objects would trigger Python's full collections again and again
+    # (quadratic time); the graph holds no cycles of garbage, so pause the collector.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _walk(graph, color, sources, get_dependents)
+    finally:
+        if was_enabled:
+            gc.enable()
+    graph._parents = None
+    return graph
+
+
+def _walk(graph: ResourceGraph, color: bytearray, sources, get_dependents) -> None:
 
     def add(resource: Resource) -> int:
         i = graph.add(resource)
@@ -201,5 +216,3 @@ def build_graph(
             else:
                 color[node] = _BLACK
                 stack.pop()
-    graph._parents = None
-    return graph
