@@ -594,14 +594,24 @@ def test_sigkill_mid_write_keeps_flushed_data(bank: Bank, tmp_path: Path) -> Non
 
 
 def test_memory_stays_bounded(tmp_path: Path) -> None:
-    size = 512 << 20
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path), str(size)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
-    )
-    result = json.loads(out.stdout)
-    assert result["size"] == size
-    assert result["rss"] < 300 << 20, result  # a 512 MiB stream in well under 300 MiB
+    """Peak RSS does not grow with the stream: 4x the data costs (almost) no more memory.
+    The absolute ceiling is loose because glibc keeps per-thread arenas, more of them when
+    the machine is busy; the growth check is what proves the bound."""
+
+    def peak(size: int) -> int:
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(folder), str(size)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        )
+        result = json.loads(out.stdout)
+        assert result["size"] == size
+        return result["rss"]
+
+    small, large = peak(128 << 20), peak(512 << 20)
+    assert large - small < 96 << 20, (small, large)  # +384 MiB of data, under +96 MiB of RSS
+    assert large < 450 << 20, (small, large)
