@@ -180,10 +180,12 @@ class ProtectDirectory(Operation):
         exclude = {p.strip("/") for p in parameters.get("exclude", [])}
         # Files that are resources of their own in this graph (e.g. a SQLite database under
         # the folder) are protected by their own plugin, consistently; not copied raw here.
+        # Their companion files (a SQLite -wal, -shm or -journal) are theirs too: a stale copy
+        # next to the consistent restored database would be replayed into it.
         for dep in checkpoint.dependents():
-            dep_path = split_host(dep.id)[1]
-            if dep_path.startswith(root.rstrip("/") + "/"):
-                exclude.add(os.path.relpath(dep_path, root))
+            for dep_path in (split_host(dep.id)[1], *dep.extra_info.get("companions", ())):
+                if dep_path.startswith(root.rstrip("/") + "/"):
+                    exclude.add(os.path.relpath(dep_path, root))
         previous = context.previous_checkpoint(resource)
         old: dict[str, dict[str, Any]] = {}
         if previous is not None:
