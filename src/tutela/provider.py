@@ -227,7 +227,7 @@ class Provider:
         for ref, plugin in plugins:
             extra = getattr(plugin, "get_protectables", None)
             if callable(extra):
-                found.extend((ref, p) for p in extra())
+                found.extend((f"{type(p).__module__}:{type(p).__qualname__}", p) for p in extra())
         seen: dict[str, str] = {}
         for ref, protectable in found:
             t = protectable.get_resource_type()
