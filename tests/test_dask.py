@@ -254,3 +254,19 @@ def test_idempotent_hook_is_retried_on_another_worker(cluster, scenario, tmp_pat
     assert cp.status == "available"
     attempts = marker.read_text().split()
     assert len(attempts) == 2 and attempts[0] != attempts[1]
+
+
+def test_core_never_imports_dask_unless_chosen(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from tutela import Provider, ProviderConfig, Resource
+        p = Provider.from_config(ProviderConfig.from_dict({{
+            "provider": {{"id": "x", "bank": "filesystem", "plugin": "directory", "executor": "threads"}},
+            "filesystem_bank": {{"root": "{tmp_path / "bank"}"}}}}))
+        p.protect([Resource("Tutela::Directory", "{tmp_path}")])
+        from tutela.cli import main
+        assert not [m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")], "dask imported"
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
