@@ -147,3 +147,53 @@ def test_kill_protect_and_delete_at_random_moments(setup, tmp_path, delay):
     finally:
         p.close()
     check_invariants(conf, src, tmp_path, good)
+
+
+def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
+    """SIGINT: no new task starts, the hook in flight finishes, the checkpoint is `error`."""
+    src, conf = setup
+    marker = tmp_path / "marker"
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"Test::Node": {"marker": str(marker), "sleep": 2}}))
+    env = {
+        **os.environ,
+        "TUTELA_PROVIDER_CONFIG_DIR": str(conf.parent),
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "TUTELA_TEST_GRAPH": json.dumps({"parent": ["child"]}),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tutela",
+            "protect",
+            "--resource",
+            "Test::Node=parent",
+            "--parameters",
+            str(params),
+            "--json",
+            "-q",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    result = json.loads(out)
+    p = provider(conf)
+    try:
+        cp = p.checkpoints.get(result["id"])
+        assert cp.status == "error"
+        assert "cancelled" in json.dumps(cp.index["errors"])
+        ran = {k: v.get("hooks", {}) for k, v in cp.resource_records().items()}
+        # One main was running when Ctrl-C came; it finished.  Nothing started afterwards:
+        # the parent's complete hook never ran.
+        assert "on_complete" not in ran.get("Test::Node#parent", {})
+    finally:
+        p.close()
