@@ -151,7 +151,7 @@ def test_kill_protect_and_delete_at_random_moments(setup, tmp_path, delay):
 
 def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
     """SIGINT: no new task starts, the hook in flight finishes, the checkpoint is `error`."""
-    src, conf = setup
+    _, conf = setup
     marker = tmp_path / "marker"
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"Test::Node": {"marker": str(marker), "sleep": 2}}))
