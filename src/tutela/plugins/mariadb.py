@@ -349,7 +349,7 @@ class MariaDBServerProtectable(Protectable):
 
     def show_resource(self, context, resource_id: str) -> Resource:
         server = self.my.server(resource_id)
-        return Resource(SERVER, server.id, name=server.id, extra_info={"host": server.host})
+        return Resource(SERVER, server.id, name=server.id, extra_info={"address": server.host})
 
 
 class MariaDBDatabaseProtectable(Protectable):

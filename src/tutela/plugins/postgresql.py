@@ -331,7 +331,7 @@ class PostgreSQLServerProtectable(Protectable):
 
     def show_resource(self, context, resource_id: str) -> Resource:
         server = self.pg.server(resource_id)
-        return Resource(SERVER, server.id, name=server.id, extra_info={"host": server.host})
+        return Resource(SERVER, server.id, name=server.id, extra_info={"address": server.host})
 
 
 class PostgreSQLDatabaseProtectable(Protectable):
