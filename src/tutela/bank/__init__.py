@@ -27,6 +27,7 @@ __all__ = [
     "BankSection",
     "LeaseError",
     "ObjectNotFound",
+    "checked_lease_name",
     "ensure_bytes",
     "iter_stream",
     "lease_name",
@@ -71,6 +72,15 @@ def validate_key(key: str, *, allow_empty: bool = False) -> str:
         if part in ("", ".", ".."):
             raise InvalidKeyError(f"bank key has an empty, '.' or '..' segment: {shown!r}")
     return key
+
+
+def checked_lease_name(plugin: BankPlugin, name: str | None) -> str:
+    """The concrete lease name (see `lease_name`), refused unless it is one safe key segment."""
+    name = lease_name(plugin, name)
+    validate_key(name)
+    if "/" in name:
+        raise InvalidKeyError(f"lease name must not contain '/': {name!r}")
+    return name
 
 
 def make_owner_id() -> str:

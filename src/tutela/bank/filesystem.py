@@ -29,6 +29,7 @@ from tutela.bank import (
     OWNER_LEASE,
     STREAM_CHUNK,
     BankPlugin,
+    checked_lease_name,
     ensure_bytes,
     iter_stream,
     lease_name,
@@ -230,11 +231,9 @@ class FilesystemBank(BankPlugin):
         return self._owner_id
 
     def _lease_path(self, name: str) -> Path:
-        validate_key(name)
+        name = checked_lease_name(self, name)
         if _TMP_MARK in name:
             raise InvalidKeyError(f"lease name uses a reserved name: {name!r}")
-        if "/" in name:
-            raise InvalidKeyError(f"lease name must not contain '/': {name!r}")
         return self.leases / f"{name}.json"
 
     def _locked(self, name: str):

@@ -45,9 +45,9 @@ from tutela.bank import (
     OWNER_LEASE,
     STREAM_CHUNK,
     BankPlugin,
+    checked_lease_name,
     ensure_bytes,
     iter_stream,
-    lease_name,
     make_owner_id,
     validate_key,
 )
@@ -507,11 +507,7 @@ class S3Bank(BankPlugin, LeaseStore):
         return self._owner_id
 
     def _lease(self, name: str | None) -> str:
-        name = lease_name(self, name)
-        validate_key(name)
-        if "/" in name:
-            raise InvalidKeyError(f"lease name must not contain '/': {name!r}")
-        return name
+        return checked_lease_name(self, name)
 
     def lease_read(self, name: str) -> LeaseRecord | None:
         from botocore.exceptions import ClientError
