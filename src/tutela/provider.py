@@ -224,7 +224,7 @@ class Provider:
             except TutelaError as exc:
                 raise ConfigError(path, f"{ref}: {exc}", "provider.protectable") from None
             found.append((ref, protectable))
-        for ref, plugin in plugins:
+        for _ref, plugin in plugins:
             extra = getattr(plugin, "get_protectables", None)
             if callable(extra):
                 found.extend((f"{type(p).__module__}:{type(p).__qualname__}", p) for p in extra())

@@ -38,18 +38,16 @@ Resource ids: a server is `HOST:PORT`, a database `HOST:PORT/DBNAME`.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from tutela.datapath import delete_streams, open_stream, save_stream
-from tutela.errors import ObjectNotFound, ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.datapath import open_stream, save_stream
+from tutela.errors import ResourceError, TutelaError
+from tutela.plugins import dbutil
 from tutela.plugins.dbutil import (
     OutputStream,
     feed_process,
@@ -57,8 +55,8 @@ from tutela.plugins.dbutil import (
     read_password_file,
     redact,
     run_tool,
+    save_dump,
 )
-from tutela.resource import Resource
 
 SERVER = "MariaDB::Server"
 DATABASE = "MariaDB::Database"
@@ -66,106 +64,48 @@ SECTION = "mariadb"
 LOCK_WAIT_SECONDS = 60
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 
-SERVER_OPTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "users": {
-            "type": "boolean",
-            "default": True,
-            "description": "Save users and grants (mariadb-dump --system=users).",
-        },
-        "global_read_lock": {
-            "type": "boolean",
-            "default": False,
-            "description": "Hold FLUSH TABLES WITH READ LOCK from prepare_begin to "
-            "prepare_finish so every database's dump starts from the same point.",
-        },
+SERVER_OPTIONS_SCHEMA = dbutil.object_schema(
+    users={
+        "type": "boolean",
+        "default": True,
+        "description": "Save users and grants (mariadb-dump --system=users).",
     },
-    "additionalProperties": False,
-}
-SERVER_RESTORE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "restore_roles": {
-            "type": "boolean",
-            "default": False,
-            "description": "Replay saved users and grants first (existing users are kept).",
-        },
+    global_read_lock={
+        "type": "boolean",
+        "default": False,
+        "description": "Hold FLUSH TABLES WITH READ LOCK from prepare_begin to "
+        "prepare_finish so every database's dump starts from the same point.",
     },
-    "additionalProperties": False,
-}
-DATABASE_OPTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "ignore_tables": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Tables (names within the database) left out of the dump.",
-        },
+)
+SERVER_RESTORE_SCHEMA = dbutil.restore_roles_schema(
+    "Replay saved users and grants first (existing users are kept)."
+)
+DATABASE_OPTIONS_SCHEMA = dbutil.object_schema(
+    ignore_tables={
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Tables (names within the database) left out of the dump.",
     },
-    "additionalProperties": False,
-}
-DATABASE_RESTORE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "target": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 64,
-            "description": "Name of the database to restore into (default: the original).",
-        },
-        "overwrite": {
-            "type": "boolean",
-            "default": False,
-            "description": "Drop and recreate a non-empty target database.",
-        },
-    },
-    "additionalProperties": False,
-}
-SERVER_SAVED_INFO_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "server": {"type": "string"},
-        "server_version": {"type": "string"},
-        "window_opened_at": {"type": "number"},
-        "window_closed_at": {"type": "number"},
-        "global_read_lock": {"type": "boolean"},
-        "databases": {"type": "array", "items": {"type": "string"}},
-        "users": {"type": ["object", "null"]},
-    },
-    "required": ["server", "server_version"],
-}
-DATABASE_SAVED_INFO_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "server": {"type": "string"},
-        "database": {"type": "string"},
-        "server_version": {"type": "string"},
-        "dump_version": {"type": "string"},
-        "character_set": {"type": "string"},
-        "collation": {"type": "string"},
-        "size_bytes": {"type": "integer"},
-        "tables": {"type": "integer"},
-        "snapshot_at": {"type": "number"},
-        "stream": {"type": "object"},
-    },
-    "required": ["server", "database", "snapshot_at", "stream"],
-}
+)
+DATABASE_RESTORE_SCHEMA = dbutil.database_restore_schema(64)
+SERVER_SAVED_INFO_SCHEMA = dbutil.server_saved_info_schema(
+    global_read_lock={"type": "boolean"},
+    users={"type": ["object", "null"]},
+)
+DATABASE_SAVED_INFO_SCHEMA = dbutil.database_saved_info_schema(
+    dump_version={"type": "string"},
+    character_set={"type": "string"},
+    collation={"type": "string"},
+    tables={"type": "integer"},
+)
 
 
 def _pymysql():
-    try:
-        import pymysql
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise TutelaError("the MariaDB plugin needs PyMySQL (pip install PyMySQL)") from None
-    return pymysql
+    return dbutil.import_driver("pymysql", "MariaDB", "PyMySQL (pip install PyMySQL)")
 
 
 def split_database_id(resource_id: str) -> tuple[str, str]:
-    server, sep, name = resource_id.partition("/")
-    if not sep or not name or ":" not in server:
-        raise ResourceError(f"{DATABASE} ids are HOST:PORT/DBNAME, not {resource_id!r}")
-    return server, name
+    return dbutil.split_database_id(resource_id, DATABASE)
 
 
 def quote_ident(name: str) -> str:
@@ -180,7 +120,7 @@ def version_of(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-class ServerConf:
+class ServerConf(dbutil.DatabaseServer):
     def __init__(self, line: str, password_file: str | None, bin_dir: str | None):
         try:
             params = parse_keyvalue(line)
@@ -238,9 +178,6 @@ class ServerConf:
         finally:
             conn.close()
 
-    def tool(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name) if self.bin_dir else name
-
     @contextlib.contextmanager
     def client_args(self) -> Iterator[list[str]]:
         """Connection arguments for a client tool; a password goes into a private option
@@ -266,146 +203,54 @@ class ServerConf:
                 os.unlink(path)
 
 
-class MariaDBConfig:
-    def __init__(self, config):
-        self.path = config.path if config else "<none>"
-        self.servers: dict[str, ServerConf] = {}
-        self.include: list[str] = []
-        self.exclude: list[str] = []
-        self._checked: dict[tuple[str, str], tuple[str, str]] = {}
-        self._lock = threading.Lock()
-        if config is None:
-            return
-        password_file = config.get_path(SECTION, "password_file")
-        bin_dir = config.get_path(SECTION, "bin_dir")
-        for line in config.get_list(SECTION, "servers"):
-            try:
-                server = ServerConf(
-                    line,
-                    str(password_file) if password_file else None,
-                    str(bin_dir) if bin_dir else None,
-                )
-            except TutelaError as exc:
-                raise config.error(str(exc), f"{SECTION}.servers") from None
-            if server.id in self.servers:
-                raise config.error(f"server {server.id} is listed twice", f"{SECTION}.servers")
-            self.servers[server.id] = server
-        self.include = config.get_list(SECTION, "include_databases")
-        self.exclude = config.get_list(SECTION, "exclude_databases")
+class MariaDBConfig(dbutil.DatabaseConfig):
+    product = "MariaDB"
+    section = SECTION
+    bin_dir_option = "bin_dir"
+    server_type = SERVER
+    database_type = DATABASE
+    server_class = ServerConf
+    system_databases = SYSTEM_SCHEMAS
 
-    def server(self, server_id: str) -> ServerConf:
-        try:
-            return self.servers[server_id]
-        except KeyError:
-            known = ", ".join(sorted(self.servers)) or "none"
-            raise ResourceError(
-                f"MariaDB server {server_id!r} is not in [{SECTION}] servers of {self.path} "
-                f"(configured: {known})"
-            ) from None
-
-    def wanted(self, name: str) -> bool:
-        if name in SYSTEM_SCHEMAS:
-            return False
-        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
-
-    def check_tools(self, server: ServerConf, *tools: str) -> tuple[str, dict[str, str]]:
-        """Refuse client tools older (major.minor) than the server; cached per server."""
-        banners: dict[str, str] = {}
-        version = ""
-        for tool in tools:
-            key = (server.id, tool)
-            with self._lock:
-                cached = self._checked.get(key)
-            if cached is None:
-                version = server.query("SELECT VERSION()")[0][0]
-                banner = run_tool([server.tool(tool), "--version"], what=tool).strip()
-                client = version_of(banner)
-                wanted = version_of(version)
-                if client < wanted:
-                    raise TutelaError(
-                        f"{tool} is from MariaDB {client[0]}.{client[1]} but {server.id} runs "
-                        f"{version}: the client tools must be of the server's version or newer; "
-                        f"set [{SECTION}] bin_dir to a newer client's folder"
-                    )
-                cached = (version, banner)
-                with self._lock:
-                    self._checked[key] = cached
-            version, banners[tool] = cached
-        return version, banners
+    def _check_tool(self, server: ServerConf, tool: str) -> tuple[str, str]:
+        """Refuse client tools older (major.minor) than the server."""
+        version = server.query("SELECT VERSION()")[0][0]
+        banner = run_tool([server.tool(tool), "--version"], what=tool).strip()
+        client = version_of(banner)
+        if client < version_of(version):
+            raise TutelaError(
+                f"{tool} is from MariaDB {client[0]}.{client[1]} but {server.id} runs "
+                f"{version}: the client tools must be of the server's version or newer; "
+                f"set [{SECTION}] bin_dir to a newer client's folder"
+            )
+        return version, banner
 
 
-class MariaDBServerProtectable(Protectable):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.my = MariaDBConfig(config)
-
-    def get_resource_type(self) -> str:
-        return SERVER
-
-    def list_resources(self, context, parameters=None) -> list[Resource]:
-        return [self.show_resource(context, sid) for sid in self.my.servers]
-
-    def show_resource(self, context, resource_id: str) -> Resource:
-        server = self.my.server(resource_id)
-        return Resource(SERVER, server.id, name=server.id, extra_info={"address": server.host})
+class MariaDBServerProtectable(dbutil.ServerProtectable):
+    config_class = MariaDBConfig
 
 
-class MariaDBDatabaseProtectable(Protectable):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.my = MariaDBConfig(config)
+class MariaDBDatabaseProtectable(dbutil.DatabaseProtectable):
+    """A server's databases, system schemas and filtered-out names left out."""
 
-    def get_resource_type(self) -> str:
-        return DATABASE
-
-    def get_parent_resource_types(self) -> list[str]:
-        return [SERVER]
+    config_class = MariaDBConfig
 
     @staticmethod
     def _names(server: ServerConf) -> list[str]:
         return sorted(r[0] for r in server.query("SHOW DATABASES"))
 
-    def list_resources(self, context, parameters=None) -> list[Resource]:
-        out = []
-        for server in self.my.servers.values():
-            out += [
-                Resource(DATABASE, f"{server.id}/{n}", name=n)
-                for n in self._names(server)
-                if self.my.wanted(n)
-            ]
-        return out
-
-    def show_resource(self, context, resource_id: str) -> Resource:
-        server_id, name = split_database_id(resource_id)
-        server = self.my.server(server_id)
-        if name not in self._names(server):
-            raise ResourceError(f"{DATABASE} {resource_id!r}: no such database on {server_id}")
-        return Resource(DATABASE, f"{server.id}/{name}", name=name)
-
-    def get_dependent_resources(self, context, parent_resource: Resource) -> list[Resource]:
-        """A server's databases, system schemas and filtered-out names left out."""
-        server = self.my.server(parent_resource.id)
-        return [
-            Resource(DATABASE, f"{server.id}/{n}", name=n)
-            for n in self._names(server)
-            if self.my.wanted(n)
-        ]
-
 
 # -- protect ------------------------------------------------------------------------------
 
 
-class ProtectServer(Operation):
-    def __init__(self, my: MariaDBConfig):
-        self.my = my
+class ProtectServer(dbutil.ProtectServerBase):
+    def __init__(self, db: MariaDBConfig):
+        super().__init__(db)
         self.lock_conn: Any = None
-        self.info: dict[str, Any] = {}
 
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        server = self.my.server(resource.id)
-        version, _ = self.my.check_tools(server, "mariadb-dump")
+        server = self.db.server(resource.id)
+        version, _ = self.db.check_tools(server, "mariadb-dump")
         lock = bool(parameters.get("global_read_lock", False))
         if lock:
             self.lock_conn = server.connect()
@@ -422,21 +267,15 @@ class ProtectServer(Operation):
                     f"{resource.key}: FLUSH TABLES WITH READ LOCK failed (a long statement "
                     f"may hold tables for more than {LOCK_WAIT_SECONDS} s): {exc}"
                 ) from None
-        self.info = {
-            "server": server.id,
-            "server_version": version,
-            "global_read_lock": lock,
-            "window_opened_at": time.time(),
-            "databases": [d.id for d in checkpoint.dependents() if d.type == DATABASE],
-        }
+        self.open_window(checkpoint, server, version, global_read_lock=lock)
 
     def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
         # Every database's dump has its snapshot by now: let writers go.
         self._unlock()
-        self.info["window_closed_at"] = time.time()
+        super().on_prepare_finish(checkpoint, context, resource, parameters, **kwargs)
 
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        server = self.my.server(resource.id)
+        server = self.db.server(resource.id)
         ref = None
         if parameters.get("users", True):
             with server.client_args() as conn_args:
@@ -444,10 +283,7 @@ class ProtectServer(Operation):
                     [server.tool("mariadb-dump"), *conn_args, "--system=users", "--insert-ignore"],
                     what=f"mariadb-dump --system=users of {server.id}",
                 )
-                try:
-                    ref = save_stream(checkpoint, context, "users", dump)
-                finally:
-                    dump.kill()
+                ref = save_dump(checkpoint, context, "users", dump)
         checkpoint.bank_section.put_json("metadata", {**self.info, "users": ref})
 
     def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
@@ -463,21 +299,16 @@ class ProtectServer(Operation):
                 conn.close()
 
 
-class ProtectDatabase(Operation):
-    def __init__(self, my: MariaDBConfig):
-        self.my = my
-        self.dump: OutputStream | None = None
-        self.info: dict[str, Any] = {}
+class ProtectDatabase(dbutil.ProtectDatabaseBase):
+    dump_tool = "mariadb-dump"
+
+    def __init__(self, db: MariaDBConfig):
+        super().__init__(db)
         self._options: contextlib.ExitStack | None = None
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        server_id, _ = split_database_id(resource.id)
-        self.my.check_tools(self.my.server(server_id), "mariadb-dump")
-
     def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
-        server_id, name = split_database_id(resource.id)
-        server = self.my.server(server_id)
-        version, banners = self.my.check_tools(server, "mariadb-dump")
+        server, name = self.db.locate(resource.id)
+        version, banners = self.db.check_tools(server, "mariadb-dump")
         rows = server.query(
             "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, "
             "(SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
@@ -542,26 +373,20 @@ class ProtectDatabase(Operation):
 # -- restore -------------------------------------------------------------------------------
 
 
-class RestoreServer(Operation):
+class RestoreServer(dbutil.RestoreServerBase):
     """Users and grants before databases: the parent's prepare_begin runs first."""
 
-    def __init__(self, my: MariaDBConfig):
-        self.my = my
+    tool = "mariadb"
+    saved_key = "users"
+    what = "users"
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        if not parameters.get("restore_roles", False):
-            return
-        server = self.my.server(resource.id)
-        self.my.check_tools(server, "mariadb")
-        info = checkpoint.bank_section.get_json("metadata")
-        if not info.get("users"):
-            raise TutelaError(f"{resource.key}: the checkpoint holds no users (users: false)")
+    def replay(self, checkpoint, context, resource, server: ServerConf, ref) -> None:
         existing = {(u, h) for u, h in server.query("SELECT User, Host FROM mysql.user")}
         kept: set[str] = set()
         with server.client_args() as conn_args:
             lines = feed_process(
                 [server.tool("mariadb"), *conn_args],
-                _new_users_only(open_stream(checkpoint, context, info["users"]), existing, kept),
+                _new_users_only(open_stream(checkpoint, context, ref), existing, kept),
                 what=f"mariadb (users of {resource.id})",
             )
         errors = [line for line in lines if line.startswith("ERROR")]
@@ -606,14 +431,8 @@ def _filter_line(line: bytes, existing: set[tuple[str, str]], kept: set[str]) ->
     return line
 
 
-class RestoreDatabase(Operation):
-    def __init__(self, my: MariaDBConfig):
-        self.my = my
-        self.created = False
-
-    def _where(self, resource, parameters) -> tuple[ServerConf, str, str]:
-        server_id, name = split_database_id(resource.id)
-        return self.my.server(server_id), name, parameters.get("target") or name
+class RestoreDatabase(dbutil.RestoreDatabaseBase):
+    tool = "mariadb"
 
     @staticmethod
     def _state(server: ServerConf, target: str) -> str:
@@ -630,98 +449,39 @@ class RestoreDatabase(Operation):
         )[0][0]
         return "used" if used else "empty"
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        server, _, target = self._where(resource, parameters)
-        self.my.check_tools(server, "mariadb")
-        if self._state(server, target) == "used" and not parameters.get("overwrite", False):
-            raise TutelaError(
-                f"restore target database {target!r} on {server.id} is not empty; "
-                "set overwrite: true to drop and recreate it"
-            )
-
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        server, name, target = self._where(resource, parameters)
-        try:
-            info = checkpoint.bank_section.get_json("metadata")
-        except ObjectNotFound:
-            raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} holds no dump") from None
-        state = self._state(server, target)
-        if state == "used":
-            if not parameters.get("overwrite", False):
-                raise TutelaError(f"restore target database {target!r} on {server.id} is not empty")
+    def _create(self, server: ServerConf, target: str, info, drop: bool) -> None:
+        if drop:
             server.query(f"DROP DATABASE {quote_ident(target)}")
-            state = "missing"
-        if state == "missing":
-            create = f"CREATE DATABASE {quote_ident(target)}"
-            if info.get("character_set"):
-                create += f" CHARACTER SET {info['character_set']}"
-            if info.get("collation"):
-                create += f" COLLATE {info['collation']}"
-            server.query(create)
-            self.created = True
-        try:
-            with server.client_args() as conn_args:
-                feed_process(
-                    [server.tool("mariadb"), *conn_args, f"--database={target}"],
-                    open_stream(checkpoint, context, info["stream"]),
-                    what=f"mariadb (restore into {server.id}/{target})",
-                )
-        except BaseException:
-            self._drop_created(server, target)
-            raise
-        self.created = False  # restored: from now on it is the user's database
-        if target != name:
-            context.set_new_resource(
-                resource, Resource(DATABASE, f"{server.id}/{target}", name=target)
+        create = f"CREATE DATABASE {quote_ident(target)}"
+        if info.get("character_set"):
+            create += f" CHARACTER SET {info['character_set']}"
+        if info.get("collation"):
+            create += f" COLLATE {info['collation']}"
+        server.query(create)
+
+    def _drop(self, server: ServerConf, target: str) -> None:
+        server.query(f"DROP DATABASE IF EXISTS {quote_ident(target)}")
+
+    def _load(self, checkpoint, context, server: ServerConf, target, info, parameters) -> None:
+        with server.client_args() as conn_args:
+            feed_process(
+                [server.tool("mariadb"), *conn_args, f"--database={target}"],
+                open_stream(checkpoint, context, info["stream"]),
+                what=f"mariadb (restore into {server.id}/{target})",
             )
 
-    def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
-        if self.created:
-            server, _, target = self._where(resource, parameters)
-            self._drop_created(server, target)
 
-    def _drop_created(self, server: ServerConf, target: str) -> None:
-        """Leave no half-restored database we created ourselves."""
-        if self.created:
-            with contextlib.suppress(Exception):
-                server.query(f"DROP DATABASE IF EXISTS {quote_ident(target)}")
-            self.created = False
+DeleteMariaDB = dbutil.DeleteDumps
 
 
-class DeleteMariaDB(Operation):
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        delete_streams(checkpoint)
-
-
-class MariaDBProtectionPlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.my = MariaDBConfig(config)
-
-    def get_supported_resources_types(self) -> list[str]:
-        return [SERVER, DATABASE]
-
-    def get_protectables(self) -> list[Protectable]:
-        """Both protectables come with the plugin (one entry point cannot name two)."""
-        return [MariaDBServerProtectable(self.config), MariaDBDatabaseProtectable(self.config)]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_OPTIONS_SCHEMA if resource_type == SERVER else DATABASE_OPTIONS_SCHEMA
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_RESTORE_SCHEMA if resource_type == SERVER else DATABASE_RESTORE_SCHEMA
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_SAVED_INFO_SCHEMA if resource_type == SERVER else DATABASE_SAVED_INFO_SCHEMA
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectServer(self.my) if resource.type == SERVER else ProtectDatabase(self.my)
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreServer(self.my) if resource.type == SERVER else RestoreDatabase(self.my)
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeleteMariaDB()
+class MariaDBProtectionPlugin(dbutil.ServerDatabasePlugin):
+    config_class = MariaDBConfig
+    protectable_classes = (MariaDBServerProtectable, MariaDBDatabaseProtectable)
+    options_schemas = (SERVER_OPTIONS_SCHEMA, DATABASE_OPTIONS_SCHEMA)
+    restore_schemas = (SERVER_RESTORE_SCHEMA, DATABASE_RESTORE_SCHEMA)
+    saved_info_schemas = (SERVER_SAVED_INFO_SCHEMA, DATABASE_SAVED_INFO_SCHEMA)
+    protect_operations = (ProtectServer, ProtectDatabase)
+    restore_operations = (RestoreServer, RestoreDatabase)
 
 
 __all__ = [

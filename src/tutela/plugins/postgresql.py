@@ -37,24 +37,21 @@ Resource ids: a server is `HOST:PORT`, a database `HOST:PORT/DBNAME`.
 
 from __future__ import annotations
 
-import fnmatch
-import os
-import threading
 import time
 from typing import Any
 
-from tutela.datapath import delete_streams, open_stream, save_stream
-from tutela.errors import ObjectNotFound, ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.datapath import open_stream, save_stream
+from tutela.errors import TutelaError
+from tutela.plugins import dbutil
 from tutela.plugins.dbutil import (
     OutputStream,
     feed_process,
     format_keyvalue,
     parse_keyvalue,
     redact,
+    save_dump,
     tool_version,
 )
-from tutela.resource import Resource
 
 SERVER = "PostgreSQL::Server"
 DATABASE = "PostgreSQL::Database"
@@ -78,126 +75,68 @@ _ENV = {
     "target_session_attrs": "PGTARGETSESSIONATTRS",
 }
 
-SERVER_OPTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "globals": {
-            "type": "boolean",
-            "default": True,
-            "description": "Save roles and tablespaces (pg_dumpall --globals-only).",
-        },
+SERVER_OPTIONS_SCHEMA = dbutil.object_schema(
+    globals={
+        "type": "boolean",
+        "default": True,
+        "description": "Save roles and tablespaces (pg_dumpall --globals-only).",
     },
-    "additionalProperties": False,
-}
-SERVER_RESTORE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "restore_roles": {
-            "type": "boolean",
-            "default": False,
-            "description": "Replay the saved roles and tablespaces first; objects that already "
-            "exist are kept (and reported).",
-        },
+)
+SERVER_RESTORE_SCHEMA = dbutil.restore_roles_schema(
+    "Replay the saved roles and tablespaces first; objects that already exist are kept "
+    "(and reported)."
+)
+DATABASE_OPTIONS_SCHEMA = dbutil.object_schema(
+    compress={
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 9,
+        "description": "pg_dump -Z level (default: pg_dump's own).",
     },
-    "additionalProperties": False,
-}
-DATABASE_OPTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "compress": {
-            "type": "integer",
-            "minimum": 0,
-            "maximum": 9,
-            "description": "pg_dump -Z level (default: pg_dump's own).",
-        },
-        "exclude_table_data": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Table patterns whose rows are not dumped (their definition is).",
-        },
+    exclude_table_data={
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Table patterns whose rows are not dumped (their definition is).",
     },
-    "additionalProperties": False,
-}
-DATABASE_RESTORE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "target": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 63,
-            "description": "Name of the database to restore into (default: the original).",
-        },
-        "overwrite": {
-            "type": "boolean",
-            "default": False,
-            "description": "Drop and recreate a non-empty target database.",
-        },
-        "no_owner": {
-            "type": "boolean",
-            "default": False,
-            "description": "Do not restore ownership and grants (pg_restore --no-owner "
-            "--no-privileges), e.g. when the roles do not exist on this server.",
-        },
-        "analyze": {
-            "type": "boolean",
-            "default": True,
-            "description": "Run ANALYZE on the restored database in on_complete.",
-        },
+)
+DATABASE_RESTORE_SCHEMA = dbutil.database_restore_schema(
+    63,
+    no_owner={
+        "type": "boolean",
+        "default": False,
+        "description": "Do not restore ownership and grants (pg_restore --no-owner "
+        "--no-privileges), e.g. when the roles do not exist on this server.",
     },
-    "additionalProperties": False,
-}
-SERVER_SAVED_INFO_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "server": {"type": "string"},
-        "server_version": {"type": "string"},
-        "pg_dumpall_version": {"type": "string"},
-        "window_opened_at": {"type": "number"},
-        "window_closed_at": {"type": "number"},
-        "databases": {"type": "array", "items": {"type": "string"}},
-        "globals": {"type": ["object", "null"]},
+    analyze={
+        "type": "boolean",
+        "default": True,
+        "description": "Run ANALYZE on the restored database in on_complete.",
     },
-    "required": ["server", "server_version"],
-}
-DATABASE_SAVED_INFO_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "server": {"type": "string"},
-        "database": {"type": "string"},
-        "server_version": {"type": "string"},
-        "pg_dump_version": {"type": "string"},
-        "size_bytes": {"type": "integer"},
-        "encoding": {"type": "string"},
-        "collate": {"type": "string"},
-        "ctype": {"type": "string"},
-        "owner": {"type": "string"},
-        "snapshot_id": {"type": "string"},
-        "snapshot_at": {"type": "number"},
-        "dump_seconds": {"type": "number"},
-        "stream": {"type": "object"},
-    },
-    "required": ["server", "database", "snapshot_at", "stream"],
-}
+)
+SERVER_SAVED_INFO_SCHEMA = dbutil.server_saved_info_schema(
+    pg_dumpall_version={"type": "string"},
+    globals={"type": ["object", "null"]},
+)
+DATABASE_SAVED_INFO_SCHEMA = dbutil.database_saved_info_schema(
+    pg_dump_version={"type": "string"},
+    encoding={"type": "string"},
+    collate={"type": "string"},
+    ctype={"type": "string"},
+    owner={"type": "string"},
+    snapshot_id={"type": "string"},
+    dump_seconds={"type": "number"},
+)
 
 
 def _psycopg():
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise TutelaError(
-            "the PostgreSQL plugin needs psycopg (pip install 'psycopg[binary]')"
-        ) from None
-    return psycopg
+    return dbutil.import_driver("psycopg", "PostgreSQL", "psycopg (pip install 'psycopg[binary]')")
 
 
 def split_database_id(resource_id: str) -> tuple[str, str]:
-    server, sep, name = resource_id.partition("/")
-    if not sep or not name or ":" not in server:
-        raise ResourceError(f"{DATABASE} ids are HOST:PORT/DBNAME, not {resource_id!r}")
-    return server, name
+    return dbutil.split_database_id(resource_id, DATABASE)
 
 
-class ServerConf:
+class ServerConf(dbutil.DatabaseServer):
     """One configured server: its id and how to reach it (password kept out of sight)."""
 
     def __init__(self, conninfo: str, password_file: str | None, bin_dir: str | None):
@@ -239,111 +178,47 @@ class ServerConf:
             env["PGDATABASE"] = dbname
         return env
 
-    def tool(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name) if self.bin_dir else name
 
-
-class PostgreSQLConfig:
+class PostgreSQLConfig(dbutil.DatabaseConfig):
     """The `[postgresql]` section, parsed once per plugin or protectable."""
 
-    def __init__(self, config):
-        self.config = config
-        self.path = config.path if config else "<none>"
-        self.servers: dict[str, ServerConf] = {}
-        if config is None:
-            return
-        password_file = config.get_path(SECTION, "password_file")
-        bin_dir = config.get_path(SECTION, "pg_bin_dir")
-        for line in config.get_list(SECTION, "servers"):
-            try:
-                server = ServerConf(
-                    line,
-                    str(password_file) if password_file else None,
-                    str(bin_dir) if bin_dir else None,
-                )
-            except TutelaError as exc:
-                raise config.error(str(exc), f"{SECTION}.servers") from None
-            if server.id in self.servers:
-                raise config.error(f"server {server.id} is listed twice", f"{SECTION}.servers")
-            self.servers[server.id] = server
-        self.include = config.get_list(SECTION, "include_databases")
-        self.exclude = config.get_list(SECTION, "exclude_databases")
-        self._checked: dict[tuple[str, str], tuple[str, str]] = {}
-        self._lock = threading.Lock()
+    product = "PostgreSQL"
+    section = SECTION
+    bin_dir_option = "pg_bin_dir"
+    server_type = SERVER
+    database_type = DATABASE
+    server_class = ServerConf
 
-    def server(self, server_id: str) -> ServerConf:
-        try:
-            return self.servers[server_id]
-        except KeyError:
-            known = ", ".join(sorted(self.servers)) or "none"
-            raise ResourceError(
-                f"PostgreSQL server {server_id!r} is not in [{SECTION}] servers of "
-                f"{self.path} (configured: {known})"
-            ) from None
-
-    def wanted(self, dbname: str) -> bool:
-        if self.include and not any(fnmatch.fnmatchcase(dbname, p) for p in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(dbname, p) for p in self.exclude)
-
-    def check_tools(self, server: ServerConf, *tools: str) -> tuple[str, dict[str, str]]:
-        """Refuse client tools older than the server (major version); cached per server.
+    def _check_tool(self, server: ServerConf, tool: str) -> tuple[str, str]:
+        """Refuse client tools older than the server (major version).
 
         Within one major version the dump format is the same, so only the major is compared;
         an older pg_dump cannot read a newer server's catalogs at all.
         """
-        found: dict[str, str] = {}
-        server_version = ""
-        for tool in tools:
-            key = (server.id, tool)
-            with self._lock:
-                cached = self._checked.get(key)
-            if cached is None:
-                with server.connect() as conn:
-                    num = conn.info.server_version
-                    server_version = conn.execute("SHOW server_version").fetchone()[0]
-                client, banner = tool_version(server.tool(tool))
-                server_major = num // 10000 if num >= 100000 else num // 100
-                if client[0] < server_major:
-                    raise TutelaError(
-                        f"{tool} is version {'.'.join(map(str, client))} but PostgreSQL "
-                        f"{server.id} runs {server_version}: the client tools must be of the "
-                        f"server's major version ({server_major}) or newer; set [{SECTION}] "
-                        "pg_bin_dir to a newer client's bin folder"
-                    )
-                cached = (server_version, banner)
-                with self._lock:
-                    self._checked[key] = cached
-            server_version, found[tool] = cached
-        return server_version, found
+        with server.connect() as conn:
+            num = conn.info.server_version
+            server_version = conn.execute("SHOW server_version").fetchone()[0]
+        client, banner = tool_version(server.tool(tool))
+        server_major = num // 10000 if num >= 100000 else num // 100
+        if client[0] < server_major:
+            raise TutelaError(
+                f"{tool} is version {'.'.join(map(str, client))} but PostgreSQL "
+                f"{server.id} runs {server_version}: the client tools must be of the "
+                f"server's major version ({server_major}) or newer; set [{SECTION}] "
+                "pg_bin_dir to a newer client's bin folder"
+            )
+        return server_version, banner
 
 
-class PostgreSQLServerProtectable(Protectable):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.pg = PostgreSQLConfig(config)
-
-    def get_resource_type(self) -> str:
-        return SERVER
-
-    def list_resources(self, context, parameters=None) -> list[Resource]:
-        return [self.show_resource(context, sid) for sid in self.pg.servers]
-
-    def show_resource(self, context, resource_id: str) -> Resource:
-        server = self.pg.server(resource_id)
-        return Resource(SERVER, server.id, name=server.id, extra_info={"address": server.host})
+class PostgreSQLServerProtectable(dbutil.ServerProtectable):
+    config_class = PostgreSQLConfig
 
 
-class PostgreSQLDatabaseProtectable(Protectable):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.pg = PostgreSQLConfig(config)
+class PostgreSQLDatabaseProtectable(dbutil.DatabaseProtectable):
+    """A server's databases: templates, databases that refuse connections and those
+    filtered out by include/exclude_databases are left out."""
 
-    def get_resource_type(self) -> str:
-        return DATABASE
-
-    def get_parent_resource_types(self) -> list[str]:
-        return [SERVER]
+    config_class = PostgreSQLConfig
 
     def _names(self, server: ServerConf) -> list[str]:
         with server.connect() as conn:
@@ -353,60 +228,24 @@ class PostgreSQLDatabaseProtectable(Protectable):
             ).fetchall()
         return [r[0] for r in rows]
 
-    def list_resources(self, context, parameters=None) -> list[Resource]:
-        out = []
-        for server in self.pg.servers.values():
-            out.extend(
-                Resource(DATABASE, f"{server.id}/{n}", name=n)
-                for n in self._names(server)
-                if self.pg.wanted(n)
-            )
-        return out
-
-    def show_resource(self, context, resource_id: str) -> Resource:
-        server_id, name = split_database_id(resource_id)
-        server = self.pg.server(server_id)
-        if name not in self._names(server):
-            raise ResourceError(f"{DATABASE} {resource_id!r}: no such database on {server_id}")
-        return Resource(DATABASE, f"{server.id}/{name}", name=name)
-
-    def get_dependent_resources(self, context, parent_resource: Resource) -> list[Resource]:
-        """A server's databases: templates, databases that refuse connections and those
-        filtered out by include/exclude_databases are left out."""
-        server = self.pg.server(parent_resource.id)
-        return [
-            Resource(DATABASE, f"{server.id}/{n}", name=n)
-            for n in self._names(server)
-            if self.pg.wanted(n)
-        ]
-
 
 # -- protect ------------------------------------------------------------------------------
 
 
-class ProtectServer(Operation):
-    def __init__(self, pg: PostgreSQLConfig):
-        self.pg = pg
-        self.info: dict[str, Any] = {}
+class ProtectServer(dbutil.ProtectServerBase):
+    """Its inherited prepare_finish closes the window: every dependent database exported
+    its snapshot before that hook runs."""
 
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        server = self.pg.server(resource.id)
+        server = self.db.server(resource.id)
         tools = ["pg_dump"] + (["pg_dumpall"] if parameters.get("globals", True) else [])
-        version, banners = self.pg.check_tools(server, *tools)
-        self.info = {
-            "server": server.id,
-            "server_version": version,
-            "pg_dumpall_version": banners.get("pg_dumpall", ""),
-            "window_opened_at": time.time(),
-            "databases": [d.id for d in checkpoint.dependents() if d.type == DATABASE],
-        }
-
-    def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
-        # Every dependent database exported its snapshot before this hook runs.
-        self.info["window_closed_at"] = time.time()
+        version, banners = self.db.check_tools(server, *tools)
+        self.open_window(
+            checkpoint, server, version, pg_dumpall_version=banners.get("pg_dumpall", "")
+        )
 
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        server = self.pg.server(resource.id)
+        server = self.db.server(resource.id)
         ref = None
         if parameters.get("globals", True):
             dump = OutputStream(
@@ -414,27 +253,19 @@ class ProtectServer(Operation):
                 env=server.env("postgres"),
                 what=f"pg_dumpall --globals-only of {server.id}",
             )
-            try:
-                ref = save_stream(checkpoint, context, "globals", dump)
-            finally:
-                dump.kill()
+            ref = save_dump(checkpoint, context, "globals", dump)
         checkpoint.bank_section.put_json("metadata", {**self.info, "globals": ref})
 
 
-class ProtectDatabase(Operation):
-    def __init__(self, pg: PostgreSQLConfig):
-        self.pg = pg
-        self.conn: Any = None
-        self.dump: OutputStream | None = None
-        self.info: dict[str, Any] = {}
+class ProtectDatabase(dbutil.ProtectDatabaseBase):
+    dump_tool = "pg_dump"
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        server_id, _ = split_database_id(resource.id)
-        self.pg.check_tools(self.pg.server(server_id), "pg_dump")
+    def __init__(self, db: PostgreSQLConfig):
+        super().__init__(db)
+        self.conn: Any = None
 
     def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
-        server_id, name = split_database_id(resource.id)
-        server = self.pg.server(server_id)
+        server, name = self.db.locate(resource.id)
         self.conn = server.connect(name, autocommit=False)
         try:
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -466,9 +297,8 @@ class ProtectDatabase(Operation):
         }
 
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        server_id, name = split_database_id(resource.id)
-        server = self.pg.server(server_id)
-        _, banners = self.pg.check_tools(server, "pg_dump")
+        server, name = self.db.locate(resource.id)
+        _, banners = self.db.check_tools(server, "pg_dump")
         args = [
             server.tool("pg_dump"),
             "--format=custom",
@@ -521,23 +351,17 @@ def _ignorable(line: str) -> bool:
     return "already exists" in line
 
 
-class RestoreServer(Operation):
+class RestoreServer(dbutil.RestoreServerBase):
     """Roles before databases: the parent's prepare_begin runs before any child's hook."""
 
-    def __init__(self, pg: PostgreSQLConfig):
-        self.pg = pg
+    tool = "psql"
+    saved_key = "globals"
+    what = "roles"
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        if not parameters.get("restore_roles", False):
-            return
-        server = self.pg.server(resource.id)
-        self.pg.check_tools(server, "psql")
-        info = checkpoint.bank_section.get_json("metadata")
-        if not info.get("globals"):
-            raise TutelaError(f"{resource.key}: the checkpoint holds no roles (globals: false)")
+    def replay(self, checkpoint, context, resource, server: ServerConf, ref) -> None:
         lines = feed_process(
             [server.tool("psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "-f", "-"],
-            open_stream(checkpoint, context, info["globals"]),
+            open_stream(checkpoint, context, ref),
             env=server.env("postgres"),
             what=f"psql (roles of {resource.id})",
         )
@@ -553,14 +377,8 @@ class RestoreServer(Operation):
             )
 
 
-class RestoreDatabase(Operation):
-    def __init__(self, pg: PostgreSQLConfig):
-        self.pg = pg
-        self.created = False
-
-    def _where(self, resource, parameters) -> tuple[ServerConf, str, str]:
-        server_id, name = split_database_id(resource.id)
-        return self.pg.server(server_id), name, parameters.get("target") or name
+class RestoreDatabase(dbutil.RestoreDatabaseBase):
+    tool = "pg_restore"
 
     @staticmethod
     def _state(server: ServerConf, target: str) -> str:
@@ -582,54 +400,40 @@ class RestoreDatabase(Operation):
             ).fetchone()[0]
         return "used" if used else "empty"
 
-    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        """Fail before any byte moves: tools too old, or a target we must not touch."""
-        server, _, target = self._where(resource, parameters)
-        self.pg.check_tools(server, "pg_restore")
-        if self._state(server, target) == "used" and not parameters.get("overwrite", False):
-            raise TutelaError(
-                f"restore target database {target!r} on {server.id} is not empty; "
-                "set overwrite: true to drop and recreate it"
-            )
-
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+    def _create(self, server: ServerConf, target: str, info, drop: bool) -> None:
         psycopg = _psycopg()
         from psycopg import sql
 
-        server, name, target = self._where(resource, parameters)
-        try:
-            info = checkpoint.bank_section.get_json("metadata")
-        except ObjectNotFound:
-            raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} holds no dump") from None
-        state = self._state(server, target)
         with server.connect() as conn:
             try:
-                if state == "used":
-                    if not parameters.get("overwrite", False):
-                        raise TutelaError(
-                            f"restore target database {target!r} on {server.id} is not empty"
-                        )
+                if drop:
                     conn.execute(
                         sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(target))
                     )
-                    state = "missing"
-                if state == "missing":
-                    conn.execute(
-                        sql.SQL(
-                            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} "
-                            "LC_COLLATE {} LC_CTYPE {}"
-                        ).format(
-                            sql.Identifier(target),
-                            sql.Literal(info.get("encoding", "UTF8")),
-                            sql.Literal(info.get("collate", "C")),
-                            sql.Literal(info.get("ctype", "C")),
-                        )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}"
+                    ).format(
+                        sql.Identifier(target),
+                        sql.Literal(info.get("encoding", "UTF8")),
+                        sql.Literal(info.get("collate", "C")),
+                        sql.Literal(info.get("ctype", "C")),
                     )
-                    self.created = True
+                )
             except psycopg.Error as exc:
                 raise TutelaError(
                     f"cannot prepare database {target!r} on {server.id}: {str(exc).strip()}"
                 ) from None
+
+    def _drop(self, server: ServerConf, target: str) -> None:
+        from psycopg import sql
+
+        with server.connect() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target))
+            )
+
+    def _load(self, checkpoint, context, server: ServerConf, target, info, parameters) -> None:
         args = [
             server.tool("pg_restore"),
             "--single-transaction",
@@ -640,21 +444,12 @@ class RestoreDatabase(Operation):
         ]
         if parameters.get("no_owner", False):
             args += ["--no-owner", "--no-privileges"]
-        try:
-            feed_process(
-                args,
-                open_stream(checkpoint, context, info["stream"]),
-                env=server.env(target),
-                what=f"pg_restore into {server.id}/{target}",
-            )
-        except BaseException:
-            self._drop_created(server, target)
-            raise
-        self.created = False  # restored: from now on it is the user's database
-        if target != name:
-            context.set_new_resource(
-                resource, Resource(DATABASE, f"{server.id}/{target}", name=target)
-            )
+        feed_process(
+            args,
+            open_stream(checkpoint, context, info["stream"]),
+            env=server.env(target),
+            what=f"pg_restore into {server.id}/{target}",
+        )
 
     def on_complete(self, checkpoint, context, resource, parameters, **kwargs):
         if not parameters.get("analyze", True):
@@ -663,66 +458,18 @@ class RestoreDatabase(Operation):
         with server.connect(target) as conn:
             conn.execute("ANALYZE")
 
-    def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
-        if self.created:
-            server, _, target = self._where(resource, parameters)
-            self._drop_created(server, target)
 
-    def _drop_created(self, server: ServerConf, target: str) -> None:
-        """Leave no half-restored database we created ourselves."""
-        if not self.created:
-            return
-        from psycopg import sql
-
-        try:
-            with server.connect() as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(target)
-                    )
-                )
-        except Exception:
-            pass
-        self.created = False
+DeletePostgreSQL = dbutil.DeleteDumps
 
 
-class DeletePostgreSQL(Operation):
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        delete_streams(checkpoint)
-
-
-class PostgreSQLProtectionPlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.pg = PostgreSQLConfig(config)
-
-    def get_supported_resources_types(self) -> list[str]:
-        return [SERVER, DATABASE]
-
-    def get_protectables(self) -> list[Protectable]:
-        """Both protectables come with the plugin (one entry point cannot name two)."""
-        return [
-            PostgreSQLServerProtectable(self.config),
-            PostgreSQLDatabaseProtectable(self.config),
-        ]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_OPTIONS_SCHEMA if resource_type == SERVER else DATABASE_OPTIONS_SCHEMA
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_RESTORE_SCHEMA if resource_type == SERVER else DATABASE_RESTORE_SCHEMA
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return SERVER_SAVED_INFO_SCHEMA if resource_type == SERVER else DATABASE_SAVED_INFO_SCHEMA
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectServer(self.pg) if resource.type == SERVER else ProtectDatabase(self.pg)
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreServer(self.pg) if resource.type == SERVER else RestoreDatabase(self.pg)
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeletePostgreSQL()
+class PostgreSQLProtectionPlugin(dbutil.ServerDatabasePlugin):
+    config_class = PostgreSQLConfig
+    protectable_classes = (PostgreSQLServerProtectable, PostgreSQLDatabaseProtectable)
+    options_schemas = (SERVER_OPTIONS_SCHEMA, DATABASE_OPTIONS_SCHEMA)
+    restore_schemas = (SERVER_RESTORE_SCHEMA, DATABASE_RESTORE_SCHEMA)
+    saved_info_schemas = (SERVER_SAVED_INFO_SCHEMA, DATABASE_SAVED_INFO_SCHEMA)
+    protect_operations = (ProtectServer, ProtectDatabase)
+    restore_operations = (RestoreServer, RestoreDatabase)
 
 
 __all__ = [
