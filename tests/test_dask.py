@@ -161,6 +161,9 @@ def test_directories_on_two_hosts_protect_and_restore(cluster, tmp_path):
     provider = provider_for(cluster, tmp_path, inventory)
     cp = provider.protect([Resource("Tutela::Group", "app")])
     assert cp.status == "available"
+    # The workers' content stores were closed with the operation: no writer lock is left to
+    # hold back a later delete's sweep.
+    assert provider.bank.list_objects("content/locks/") == []
     params = {
         f"Tutela::Directory#{h}:{d}": {"target": str(tmp_path / f"restored-{h}")}
         for h, d in dirs.items()

@@ -265,6 +265,10 @@ class DaskDispatcher(Dispatcher):
     def close(self) -> None:
         self.closed = True
         self.retry_q.put(None)
+        # Workers keep providers between batches; their content stores announce a writer
+        # lock that would hold back space-freeing sweeps, so end them with the operation.
+        with contextlib.suppress(Exception):
+            self.client.run(_close_stores)
         with contextlib.suppress(Exception):
             self.client.close()
 
@@ -291,6 +295,18 @@ class _Counter:
 
     def __getattr__(self, name: str):
         return lambda *a, **k: None
+
+
+def _close_stores() -> int:
+    """On a worker: close the content stores its cached providers opened."""
+    closed = 0
+    with _LOCK:
+        for provider in _PROVIDERS.values():
+            if provider._store is not None:
+                provider._store.close()
+                provider._store = None
+                closed += 1
+    return closed
 
 
 def _provider(wire):
