@@ -326,6 +326,10 @@ class OperationRun:
             hook, exc = error
             record["status"] = "error"
             record["error"] = {"hook": hook, "message": _error_text(_unwrap(exc))}
+            if self.flow.kind == "protect":
+                # What was saved before the failure (e.g. a snapshot id) helps to clean up.
+                with contextlib.suppress(Exception):
+                    record["saved_info"] = self.provider.saved_info(self.checkpoint, resource)
         self.record.records.add(record)
 
     def execute(self) -> None:

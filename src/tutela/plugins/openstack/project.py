@@ -1,0 +1,132 @@
+"""`OS::Keystone::Project`: a project and, as its children, what lives in it.
+
+Dependents: its servers, its volumes that are attached to no server (an attached volume is a
+child of its server, so that it is one node and its snapshot falls in the server's quiesce
+window) and the images it owns.  Protect saves the project's description; restore picks the
+target project in `on_prepare_begin` — before any child's hook — and records it with
+`context.set_new_resource`, so every child restores into it (`target_project`, id or name;
+default: the original project).  The target must exist and the configured user needs a role
+in it; a restore never creates or changes a project.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tutela.errors import ResourceError
+from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.plugins.openstack import schemas
+from tutela.plugins.openstack.common import (
+    IMAGE,
+    PROJECT,
+    SERVER,
+    VOLUME,
+    Clients,
+    clients_for,
+    describe_error,
+    resolve_project,
+    update_info,
+)
+from tutela.resource import Resource
+
+
+class ProjectProtectable(Protectable):
+    """The project the connection is scoped to (others by id or name, with a role there)."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.clients = clients_for(config)
+
+    def get_resource_type(self) -> str:
+        return PROJECT
+
+    def get_parent_resource_types(self) -> list[str]:
+        return []
+
+    def list_resources(self, context, parameters=None) -> list[Resource]:
+        return [self.show_resource(context, self.clients.project_id())]
+
+    def show_resource(self, context, resource_id: str) -> Resource:
+        conn = self.clients.base()
+        found = resolve_project(self.clients, resource_id)
+        name = found.name
+        if name is None:
+            try:
+                name = conn.identity.get_project(found.id).name
+            except Exception:  # a member may not read its own project: keep the id
+                name = found.id
+        return Resource(PROJECT, found.id, name=name, extra_info={"project_id": found.id})
+
+
+class ProtectProject(Operation):
+    idempotent_hooks = frozenset({"on_main"})
+
+    def __init__(self, clients: Clients):
+        self.clients = clients
+
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        info: dict[str, Any] = {"project_id": resource.id, "name": resource.name}
+        try:
+            project = self.clients.base().identity.get_project(resource.id)
+            info.update(
+                name=project.name, description=project.description, domain_id=project.domain_id
+            )
+        except Exception as exc:
+            context.progress.message(f"{resource.key}: details not read ({describe_error(exc)})")
+        kids = checkpoint.dependents()
+        for key, kind in (("servers", SERVER), ("volumes", VOLUME), ("images", IMAGE)):
+            info[key] = sum(1 for r in kids if r.type == kind)
+        update_info(checkpoint, **info, saved_at=time.time())
+
+
+class RestoreProject(Operation):
+    def __init__(self, clients: Clients):
+        self.clients = clients
+
+    def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
+        """Choose the target before any child starts; the children read it."""
+        ref = parameters.get("target_project")
+        if ref:
+            target = resolve_project(self.clients, str(ref))
+        else:
+            target = Resource(PROJECT, resource.id, name=resource.name)
+        try:
+            self.clients.for_project(target.id)  # fail early without a role there
+        except Exception as exc:
+            raise ResourceError(f"{resource.key}: target {target.id}: {exc}") from None
+        context.set_new_resource(resource, target)
+
+
+class DeleteProject(Operation):
+    idempotent_hooks = frozenset({"on_main"})
+
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        checkpoint.bank_section.delete_all()
+
+
+class ProjectPlugin(ProtectionPlugin):
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.clients = clients_for(config)
+
+    def get_supported_resources_types(self) -> list[str]:
+        return [PROJECT]
+
+    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
+        return schemas.PROJECT_OPTIONS
+
+    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
+        return schemas.PROJECT_RESTORE
+
+    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
+        return schemas.PROJECT_SAVED
+
+    def get_protect_operation(self, resource: Resource) -> Operation:
+        return ProtectProject(self.clients)
+
+    def get_restore_operation(self, resource: Resource) -> Operation:
+        return RestoreProject(self.clients)
+
+    def get_delete_operation(self, resource: Resource) -> Operation:
+        return DeleteProject()
