@@ -126,3 +126,15 @@ def test_secret_values_never_appear_in_errors(env_config_dir, tmp_path):
     )
     reg = ProviderRegistry.load()
     assert reg.errors and "hunter2" not in str(reg.errors[0])
+
+
+def test_inline_comments_as_in_the_readme(env_config_dir, tmp_path):
+    write(
+        env_config_dir,
+        "c.conf",
+        f"[provider]\nid = c1   ; unique\nbank = filesystem      ; where to\nplugin = directory\n"
+        f"executor = threads ; how\n[filesystem_bank]\nroot = {tmp_path / 'b'}  ; relative paths: to this file\n",
+    )
+    reg = ProviderRegistry.load()
+    assert not reg.errors, reg.errors
+    assert reg.providers[0].id == "c1" and reg.providers[0].policy.name == "threads"

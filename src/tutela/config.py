@@ -84,7 +84,11 @@ class ProviderConfig:
     @classmethod
     def from_text(cls, text: str, path: str | Path) -> ProviderConfig:
         parser = configparser.ConfigParser(
-            strict=False, interpolation=None, dict_type=_MultiDict, empty_lines_in_values=False
+            strict=False,
+            interpolation=None,
+            dict_type=_MultiDict,
+            empty_lines_in_values=False,
+            inline_comment_prefixes=(";",),  # "key = value   ; comment" (a ';' after a space)
         )
         parser.optionxform = str  # type: ignore[assignment,method-assign]
         try:
