@@ -65,6 +65,8 @@ def _make_hook(name: str):
             if marker is not None:
                 with open(marker, "a") as fh:
                     fh.write(os.environ.get("TUTELA_TEST_WORKER", "local") + "\n")
+            if parameters.get("report_bytes"):
+                context.report_bytes(parameters["report_bytes"])
             if parameters.get("sleep") and (first_attempt or not parameters.get("once")):
                 time.sleep(parameters["sleep"])
         if name == "on_main" and context.operation == "protect":

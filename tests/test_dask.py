@@ -273,3 +273,28 @@ def test_core_never_imports_dask_unless_chosen(tmp_path):
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_bytes_moved_reach_the_cli_while_the_hook_runs(cluster, scenario, tmp_path):
+    from tutela.operations import Progress
+
+    class Recorder(Progress):
+        def __init__(self):
+            self.bytes = []
+            self.finished_at = {}
+
+        def bytes_moved(self, count):
+            self.bytes.append((time.monotonic(), count))
+
+        def task_finished(self, resource, hook, error):
+            self.finished_at[(resource.id, hook)] = time.monotonic()
+
+    scenario.reset({"slow": []})
+    provider = provider_for(cluster, tmp_path)
+    progress = Recorder()
+    provider.protect(
+        [Resource(TYPE, "slow")], {TYPE: {"report_bytes": 12345, "sleep": 2}}, progress=progress
+    )
+    assert sum(n for _, n in progress.bytes) == 12345
+    first = progress.bytes[0][0]
+    assert first < progress.finished_at[("slow", "on_main")] - 1.0  # live, not at the end

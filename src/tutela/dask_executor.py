@@ -161,6 +161,9 @@ class DaskDispatcher(Dispatcher):
         self.prefix = f"tutela-hook-{uuid.uuid4().hex[:8]}"
         self.attempts: dict[int, int] = {}
         self.retry_q: queue.SimpleQueue = queue.SimpleQueue()
+        # Bytes moved by running hooks arrive as Dask events on this topic.
+        self.topic = f"{self.prefix}-progress"
+        self.client.subscribe_topic(self.topic, self._on_progress)
         self.closed = False
         self.retrier = threading.Thread(
             target=self._retry_loop, name="tutela-dask-retry", daemon=True
@@ -199,8 +202,14 @@ class DaskDispatcher(Dispatcher):
         workers = self._workers_for(node)
         return tuple(workers) if workers else None
 
+    def _on_progress(self, event) -> None:
+        _, message = event
+        report = getattr(self.engine, "report_bytes", None)
+        if report is not None and isinstance(message, dict):
+            report(int(message.get("bytes", 0)))
+
     def submit(self, batch: list[int]) -> None:
-        common = self.engine.describe_common()
+        common = {**self.engine.describe_common(), "progress_topic": self.topic}
         tasks = [self.engine.describe_task(n) for n in batch]
         workers = self._workers_for(batch[0])
         key = f"{self.prefix}-{next(self.seq)}"
@@ -280,15 +289,32 @@ _LOCK = threading.Lock()
 
 
 class _Counter:
-    """Progress on a worker: counts bytes to send back with the results."""
+    """Progress on a worker: bytes moved go to the CLI as Dask events about twice a second
+    while a hook runs (so a long main hook shows progress), the rest with the results."""
 
-    def __init__(self) -> None:
-        self.bytes = 0
+    INTERVAL = 0.5
+
+    def __init__(self, topic: str | None, worker) -> None:
+        self.topic = topic
+        self.worker = worker
+        self.bytes = 0  # not yet reported
+        self.last = 0.0
         self.lock = threading.Lock()
 
     def bytes_moved(self, count: int) -> None:
         with self.lock:
             self.bytes += count
+            if self.topic is None or time.monotonic() - self.last < self.INTERVAL:
+                return
+            sent, self.bytes = self.bytes, 0
+            self.last = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.worker.log_event(self.topic, {"bytes": sent})
+
+    def take(self) -> int:
+        with self.lock:
+            sent, self.bytes = self.bytes, 0
+            return sent
 
     def message(self, text: str) -> None:
         pass
@@ -335,7 +361,8 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
     kind = job["kind"]
     checkpoint = provider.checkpoints.get(job["checkpoint_id"])
     record = provider.checkpoints.get_restore(job["record_id"]) if kind == "restore" else checkpoint
-    counter = _Counter()
+    worker_obj = get_worker()
+    counter = _Counter(job.get("progress_topic"), worker_obj)
     context = OperationContext(provider, kind, job["record_id"], counter)  # type: ignore[arg-type]
     context.new_resources.update(
         {
@@ -345,7 +372,7 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
     )
     before = dict(context.new_resources)
     writable = kind != "restore"
-    worker = get_worker().address
+    worker = worker_obj.address
     out = []
     for node, res, hook_index, params, last in job["tasks"]:
         resource = Resource.from_dict(res)
@@ -363,7 +390,6 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
         if kind == "restore":
             kwargs["restore"] = record
             kwargs["new_resources"] = context.new_resources
-        counter.bytes = 0
         t0 = time.time()
         try:
             call_hook(op, HOOKS[hook_index], kwargs)
@@ -378,5 +404,5 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
             for k, v in context.new_resources.items()
             if before.get(k) is not v
         }
-        out.append((node, t0, t1, error, {"bytes": counter.bytes, "new": new, "worker": worker}))
+        out.append((node, t0, t1, error, {"bytes": counter.take(), "new": new, "worker": worker}))
     return out

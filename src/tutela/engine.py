@@ -229,6 +229,7 @@ class Engine:
         self.describe_common: Callable[[], dict[str, Any]] | None = None
         self.absorb: Callable[[int, Any], None] | None = None
         self.is_idempotent: Callable[[int], bool] = lambda node: False
+        self.report_bytes: Callable[[int], None] | None = None
         #: Start and end time of every node that ran (0.0 for the others); filled before the
         #: listener hears of the task, so listeners may read them.
         self.started = array("d", bytes(8 * flow.node_count))

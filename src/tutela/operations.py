@@ -341,6 +341,7 @@ class OperationRun:
         engine.describe_task = self.describe_task
         engine.absorb = self.absorb
         engine.is_idempotent = self.is_idempotent
+        engine.report_bytes = self.progress.bytes_moved
         self.result_arrays = (engine.started, engine.finished)
         with LeaseKeeper(self.provider) as lease:
             try:
