@@ -193,9 +193,11 @@ def _walk(graph: ResourceGraph, color: bytearray, sources, get_dependents) -> No
                 seen.add(c)
                 kids.append(c)
 
+    listed: set[int] = set()
     for source in sources:
         root = add(source)
-        if root not in graph.roots:
+        if root not in listed:
+            listed.add(root)
             graph.roots.append(root)
         if color[root] != _WHITE:
             continue
