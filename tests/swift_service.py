@@ -76,7 +76,11 @@ def _parse_env(text: str) -> dict[str, str]:
 def swift_service() -> Iterator[SwiftService]:
     env_state = os.environ.get("TUTELA_SWIFT_AIO_DIR") or "/tmp/tutela-swift-aio"
     status = subprocess.run([str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
-    started = False
+    # Stop at the end only what this session started from nothing: another session may
+    # have one server down for a moment (a fault test) while the rest runs.
+    started = status.returncode != 0 and not any(
+        ": running" in line for line in status.stdout.splitlines()
+    )
     if status.returncode != 0:
         try:
             start = subprocess.run(
@@ -89,7 +93,6 @@ def swift_service() -> Iterator[SwiftService]:
                 f"cannot start the Swift all-in-one ({SCRIPT} start, exit {start.returncode}):\n"
                 f"{start.stderr.strip()}\n{start.stdout.strip()}"
             )
-        started = True
     values = _parse_env(
         subprocess.run([str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
     )

@@ -313,6 +313,10 @@ class SwiftBank(BankPlugin, LeaseStore):
         if isinstance(exc, ClientException):
             status = exc.http_status
             if status is None:
+                # Keystone's answer to bad credentials (or a missing endpoint) comes without an
+                # HTTP status: permanent, not worth retrying.
+                if exc.msg.startswith("Unauthorized") or exc.msg.startswith("Endpoint for"):
+                    return None
                 return Transient(f"request failed ({exc.msg.split(':')[0]})", exc)
             if status >= 500 or status in (408, 429, 498, 499):
                 return Transient(f"HTTP {status} {exc.http_reason or ''}".strip(), exc)
@@ -352,6 +356,14 @@ class SwiftBank(BankPlugin, LeaseStore):
         except ClientException as exc:
             if exc.http_status in (404, 412):
                 raise  # the caller's business
+            if exc.http_status is None:
+                first = exc.msg.split(".")[0].split(":")[0]
+                hint = (
+                    "authentication failed (check user, key, project and domains)"
+                    if first.startswith("Unauthorized")
+                    else first
+                )
+                raise BankError(f"{what} failed: {hint}") from None
             reason = "authentication failed" if exc.http_status == 401 else exc.http_reason
             raise BankError(
                 f"{what} failed: HTTP {exc.http_status} {reason or ''}".strip()
