@@ -170,3 +170,13 @@ def test_filesystem_bank_writes_atomically_and_lists_in_order(tmp_path):
     assert not [
         p for p in (tmp_path / "bank" / "objects").iterdir() if p.name.startswith(".tutela-tmp")
     ]
+
+
+def test_filesystem_bank_reads_ranges(tmp_path):
+    bank = Bank(FilesystemBank(root=tmp_path / "bank"))
+    section = bank.get_section("packs")
+    section.update_object("p", bytes(range(256)))
+    assert section.get_object_range("p", 10, 5) == bytes(range(10, 15))
+    assert section.get_object_range("p", 250, 100) == bytes(range(250, 256))
+    with pytest.raises(InvalidKeyError):
+        section.get_object_range("../x", 0, 1)

@@ -128,11 +128,16 @@ def test_tampered_manifest_cannot_escape_the_target(make_provider, tmp_path):
     (src / "f").write_bytes(b"x")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
+    # Someone with write access to the bank plants a manifest entry that climbs out.
+    from tutela.plugins.directory import read_manifest
+
     section = cp.resource_section(Resource(DIR, str(src)))
-    lines = b"".join(section.get_object_stream("manifest.jsonl")).splitlines()
-    entries = [json.loads(line) for line in lines]
+    store = provider.content_store()
+    entries = read_manifest(section, store)
     entries[-1]["path"] = "../escaped"
-    section.update_object("manifest.jsonl", "\n".join(json.dumps(e) for e in entries) + "\n")
+    ref = store.write_bytes("".join(json.dumps(e) + "\n" for e in entries).encode())
+    store.flush()
+    section.put_json("manifest.ref", ref.to_json())
     with pytest.raises(OperationFailed) as info:
         provider.restore(cp.id, {DIR: {"target": str(tmp_path / "out")}})
     assert "not a safe relative path" in str(info.value)

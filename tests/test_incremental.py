@@ -115,7 +115,9 @@ def test_verify_catches_a_flipped_bit(make_provider, tmp_path, capsys, env_confi
     cp = provider.protect([Resource(DIR, str(src))])
     assert provider.verify(cp.id, read_data=True)["ok"]
     provider.close()
-    packs = [p for p in (tmp_path / "bank" / "objects" / "content" / "packs").rglob("*") if p.is_file()]
+    packs = [
+        p for p in (tmp_path / "bank" / "objects" / "content" / "packs").rglob("*") if p.is_file()
+    ]
     data = bytearray(packs[0].read_bytes())
     data[len(data) // 2] ^= 0x10
     packs[0].write_bytes(bytes(data))
@@ -208,3 +210,22 @@ def test_prune_deletes_by_policy_and_frees_space(make_provider, tmp_path):
     assert sorted(result["deleted"]) == sorted(ids[:2])
     assert result["freed_bytes"] > 400_000
     assert [c.id for c in provider.checkpoints.list()] == [ids[2]]
+
+
+def test_encrypted_bank_holds_no_file_names_or_contents_in_the_clear(
+    make_provider, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TUTELA_PASSWORD", "s3cret passphrase")
+    src = tmp_path / "src"
+    (src / "private").mkdir(parents=True)
+    (src / "private" / "payroll-2026-names.csv").write_text("alice,1000000\n" * 500)
+    provider = make_provider(extra={"content_store": {"encryption": "aes-256-gcm"}})
+    cp = provider.protect([Resource(DIR, str(src))])
+    out = tmp_path / "out"
+    provider.restore(cp.id, {DIR: {"target": str(out)}})
+    assert (out / "private" / "payroll-2026-names.csv").read_text() == "alice,1000000\n" * 500
+    for path in (tmp_path / "bank").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"payroll-2026-names" not in data, path
+            assert b"alice,1000000" not in data, path

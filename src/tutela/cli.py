@@ -290,7 +290,8 @@ def cmd_checkpoints_ls(args) -> int:
         lister = getattr(provider.type_map.get(resource.type), "list_files", None)
         if lister is None:
             continue
-        for e in lister(cp.resource_section(resource, writable=False), resource, args.path):
+        section = cp.resource_section(resource, writable=False)
+        for e in lister(section, resource, args.path, store=provider.content_store()):
             rows.append({"resource": resource.key, **{k: v for k, v in e.items() if k != "ref"}})
     if args.json:
         print_json(rows)

@@ -568,7 +568,7 @@ class Provider:
                     section = checkpoint.resource_section(resource, writable=False)
                     item["files"] = [
                         e["path"]
-                        for e in lister(section, resource)
+                        for e in lister(section, resource, store=store)
                         if "ref" in e and any(c[0] in hit for c in e["ref"]["chunks"])
                     ]
                 problems.append(item)

@@ -156,6 +156,9 @@ class BankPlugin(ABC):
     def object_size(self, key: str) -> int:
         return len(self.get_object(key))
 
+    # Optional: `get_object_range(key, offset, length) -> bytes`, for banks that can read a
+    # slice of an object without reading what comes before it (the filesystem bank does).
+
     # Leases.
     @abstractmethod
     def acquire_lease(self, name: str | None = OWNER_LEASE) -> bool: ...
@@ -266,6 +269,19 @@ class BankSection:
     def _check_writable(self, key: str) -> None:
         if not self.is_writable:
             raise ReadOnlyError(f"bank section {self.prefix!r} is read-only (writing {key!r})")
+
+    @property
+    def get_object_range(self):
+        """`read(key, offset, length) -> bytes` when the bank reads ranges natively (see
+        `BankPlugin`), else None, so callers can pick a better plan than a partial stream."""
+        native = getattr(self.bank.plugin, "get_object_range", None)
+        if native is None:
+            return None
+
+        def read(key: str, offset: int, length: int) -> bytes:
+            return native(validate_key(self.prefix + validate_key(key)), offset, length)
+
+        return read
 
     def get_sub_section(self, prefix: str, writable: bool | None = None) -> BankSection:
         validate_key(prefix.strip("/"))

@@ -23,6 +23,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 TYPE = "Tutela::Directory"
+#: Files restored at once.
+RESTORE_THREADS = 4
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -145,11 +148,17 @@ def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result]]:
         stack.extend(reversed(subdirs))
 
 
-def read_manifest(section) -> list[dict[str, Any]]:
+def read_manifest(section, store) -> list[dict[str, Any]]:
+    """The tree's entries.  The manifest itself lives in the content store (compressed,
+    deduplicated across checkpoints, and encrypted when the store is), so file names and
+    sizes are never in the bank in the clear; the section keeps only its reference."""
+    from tutela.contentstore import FileRef
+
     try:
-        data = b"".join(section.get_object_stream("manifest.jsonl"))
+        ref = FileRef.from_json(section.get_json("manifest.ref"))
     except ObjectNotFound:
         return []
+    data = b"".join(store.read(ref))
     return [json.loads(line) for line in data.splitlines() if line]
 
 
@@ -191,7 +200,7 @@ class ProtectDirectory(Operation):
         if previous is not None:
             old = {
                 e["path"]: e
-                for e in read_manifest(previous.resource_section(resource, writable=False))
+                for e in read_manifest(previous.resource_section(resource, writable=False), store)
             }
         st = os.stat(root)
         entries: list[dict[str, Any]] = [
@@ -243,12 +252,12 @@ class ProtectDirectory(Operation):
             entries.append(entry)
 
         changed = self._store_files(store, entries, todo, counts, context)
+        manifest = store.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
         store.flush()  # the chunks are durable before anything refers to them
-        chunk_ids = sorted({c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]})
-        section.update_object("content-chunks/tree", "\n".join(chunk_ids))
-        section.update_object_stream(
-            "manifest.jsonl", (json.dumps(e).encode() + b"\n" for e in entries)
-        )
+        chunk_ids = {c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]}
+        chunk_ids.update(manifest.chunk_ids())
+        section.update_object("content-chunks/tree", "\n".join(sorted(chunk_ids)))
+        section.put_json("manifest.ref", manifest.to_json())
         info = {
             "path": root,
             "host": resource.extra_info.get("host", socket.gethostname()),
@@ -336,7 +345,8 @@ class RestoreDirectory(Operation):
         target = os.path.abspath(parameters.get("target") or local_path(resource))
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
-        entries = read_manifest(section)
+        store = context.content_store
+        entries = read_manifest(section, store)
         if not entries:
             raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} has no manifest for it")
         wanted = [p.strip("/") for p in parameters.get("paths", [])]
@@ -347,7 +357,6 @@ class RestoreDirectory(Operation):
                 raise TutelaError(
                     f"{resource.key}: not in checkpoint {checkpoint.id}: {', '.join(missing)}"
                 )
-        store = context.content_store
         dirs: list[tuple[str, dict[str, Any]]] = []
         checked: set[str] = set()
 
@@ -363,22 +372,31 @@ class RestoreDirectory(Operation):
                 checked.add(parent)
             return path
 
-        for entry in entries:
-            rel = _safe_rel(entry["path"])
-            dest = target if rel == "." else confined(os.path.join(target, rel))
-            kind = entry["type"]
-            if kind == "dir":
-                if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
-                    os.unlink(dest)
-                os.makedirs(dest, exist_ok=True)
-                dirs.append((dest, entry))
-            elif kind == "symlink":
-                if os.path.lexists(dest):
-                    _remove(dest)
-                os.symlink(entry["target"], dest)
-                os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
-            elif kind == "file":
-                self._restore_file(store, entry, dest, context)
+        # Folders and links in manifest order (parents first) on this thread; file contents
+        # on a small pool: creating, decrypting, decompressing and writing files release the
+        # GIL, so a tree of many files restores several times faster than one by one.
+        with ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="tutela-restore") as pool:
+            pending = []
+            for entry in entries:
+                rel = _safe_rel(entry["path"])
+                dest = target if rel == "." else confined(os.path.join(target, rel))
+                kind = entry["type"]
+                if kind == "dir":
+                    if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
+                        os.unlink(dest)
+                    os.makedirs(dest, exist_ok=True)
+                    dirs.append((dest, entry))
+                elif kind == "symlink":
+                    if os.path.lexists(dest):
+                        _remove(dest)
+                    os.symlink(entry["target"], dest)
+                    os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+                elif kind == "file":
+                    pending.append(pool.submit(self._restore_file, store, entry, dest, context))
+                    if len(pending) >= 4 * RESTORE_THREADS:  # bounded: keep memory flat
+                        pending.pop(0).result()
+            for future in pending:
+                future.result()
         for dest, entry in reversed(dirs):
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
@@ -462,10 +480,10 @@ class DirectoryProtectionPlugin(ProtectionPlugin):
         return DeleteDirectory()
 
     def list_files(
-        self, section, resource: Resource, path: str | None = None
+        self, section, resource: Resource, path: str | None = None, *, store=None
     ) -> list[dict[str, Any]]:
         """The manifest entries of a protected tree (for `tutela checkpoints ls`)."""
-        entries = read_manifest(section)
+        entries = read_manifest(section, store)
         if path:
             entries = [e for e in entries if in_path(e["path"], path.strip("/"))]
         return entries
