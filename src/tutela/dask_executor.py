@@ -285,6 +285,7 @@ class DaskDispatcher(Dispatcher):
 # -- the worker side -----------------------------------------------------------------------
 _PROVIDERS: dict[str, Any] = {}
 _OPERATIONS: dict[tuple[str, str], Any] = {}
+_RECORDS: dict[tuple[int, str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -327,6 +328,7 @@ def _close_stores() -> int:
     """On a worker: close the content stores its cached providers opened."""
     closed = 0
     with _LOCK:
+        _RECORDS.clear()
         for provider in _PROVIDERS.values():
             if provider._store is not None:
                 provider._store.close()
@@ -359,8 +361,18 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
     job = sealed.value
     provider = _provider(job["config"])
     kind = job["kind"]
-    checkpoint = provider.checkpoints.get(job["checkpoint_id"])
-    record = provider.checkpoints.get_restore(job["record_id"]) if kind == "restore" else checkpoint
+    # One read of the checkpoint (and its graph) per worker and operation, not per batch.
+    key = (id(provider), job["checkpoint_id"], job["record_id"])
+    with _LOCK:
+        cached = _RECORDS.get(key)
+    if cached is None:
+        checkpoint = provider.checkpoints.get(job["checkpoint_id"])
+        record = (
+            provider.checkpoints.get_restore(job["record_id"]) if kind == "restore" else checkpoint
+        )
+        with _LOCK:
+            _RECORDS[key] = cached = (checkpoint, record)
+    checkpoint, record = cached
     worker_obj = get_worker()
     counter = _Counter(job.get("progress_topic"), worker_obj)
     context = OperationContext(provider, kind, job["record_id"], counter)  # type: ignore[arg-type]
