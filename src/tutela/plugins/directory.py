@@ -33,7 +33,7 @@ from tutela.resource import Resource
 
 TYPE = "Tutela::Directory"
 #: Files restored at once.
-RESTORE_THREADS = 4
+RESTORE_THREADS = 2
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
