@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tutela.errors import ConfigError, ObjectNotFound, ResourceError, TutelaError
+from tutela.plugin import Operation, ProtectionPlugin
 from tutela.resource import Resource
 
 PROJECT = "OS::Keystone::Project"
@@ -313,3 +314,57 @@ def new_id(context, resource_type: str, old_id: str) -> str | None:
 
 def project_of(resource: Resource, info: dict[str, Any] | None = None) -> str | None:
     return (info or {}).get("project_id") or resource.extra_info.get("project_id")
+
+
+class DeleteSection(Operation):
+    """Delete for types whose checkpoint data is only their bank section (the provider frees
+    the chunks once no checkpoint refers to them)."""
+
+    idempotent_hooks = frozenset({"on_main"})
+
+    def __init__(self, clients: Clients | None = None):
+        self.clients = clients
+
+    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
+        checkpoint.bank_section.delete_all()
+
+
+class OpenStackPlugin(ProtectionPlugin):
+    """One OpenStack resource type, declared by class attributes: its schemas and the
+    operation classes, each built with the plugin's clients."""
+
+    resource_type: str
+    options_schema: dict[str, Any]
+    restore_schema: dict[str, Any]
+    saved_info_schema: dict[str, Any]
+    protect_operation: type[Operation]
+    restore_operation: type[Operation]
+    delete_operation: type[Operation] = DeleteSection
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.clients = clients_for(config)
+
+    def operation(self, cls: type[Operation], resource: Resource) -> Operation:
+        return cls(self.clients)  # type: ignore[call-arg]
+
+    def get_supported_resources_types(self) -> list[str]:
+        return [self.resource_type]
+
+    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
+        return self.options_schema
+
+    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
+        return self.restore_schema
+
+    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
+        return self.saved_info_schema
+
+    def get_protect_operation(self, resource: Resource) -> Operation:
+        return self.operation(self.protect_operation, resource)
+
+    def get_restore_operation(self, resource: Resource) -> Operation:
+        return self.operation(self.restore_operation, resource)
+
+    def get_delete_operation(self, resource: Resource) -> Operation:
+        return self.operation(self.delete_operation, resource)

@@ -18,15 +18,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tutela.datapath import delete_streams, open_stream, save_stream
+from tutela.datapath import open_stream, save_stream
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.plugin import Operation, Protectable
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
     PROJECT,
     SERVER,
     Clients,
+    DeleteSection,
+    OpenStackPlugin,
     clients_for,
     describe_error,
     new_id,
@@ -234,38 +236,14 @@ class RestoreImage(Operation):
         context.set_new_resource(resource, image_resource(image, project_id))
 
 
-class DeleteImage(Operation):
-    idempotent_hooks = frozenset({"on_main"})
-
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        delete_streams(checkpoint)
-
-
-class ImagePlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_supported_resources_types(self) -> list[str]:
-        return [IMAGE]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.IMAGE_OPTIONS
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.IMAGE_RESTORE
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.IMAGE_SAVED
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectImage(self.clients)
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreImage(self.clients)
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeleteImage()
+class ImagePlugin(OpenStackPlugin):
+    resource_type = IMAGE
+    options_schema = schemas.IMAGE_OPTIONS
+    restore_schema = schemas.IMAGE_RESTORE
+    saved_info_schema = schemas.IMAGE_SAVED
+    protect_operation = ProtectImage
+    restore_operation = RestoreImage
+    delete_operation = DeleteSection
 
 
 __all__ = ["ImagePlugin", "ImageProtectable", "new_id"]

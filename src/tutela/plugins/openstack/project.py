@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tutela.errors import ResourceError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.plugin import Operation, Protectable
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
@@ -23,6 +23,8 @@ from tutela.plugins.openstack.common import (
     SERVER,
     VOLUME,
     Clients,
+    DeleteSection,
+    OpenStackPlugin,
     clients_for,
     describe_error,
     resolve_project,
@@ -98,35 +100,11 @@ class RestoreProject(Operation):
         context.set_new_resource(resource, target)
 
 
-class DeleteProject(Operation):
-    idempotent_hooks = frozenset({"on_main"})
-
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        checkpoint.bank_section.delete_all()
-
-
-class ProjectPlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_supported_resources_types(self) -> list[str]:
-        return [PROJECT]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.PROJECT_OPTIONS
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.PROJECT_RESTORE
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.PROJECT_SAVED
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectProject(self.clients)
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreProject(self.clients)
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeleteProject()
+class ProjectPlugin(OpenStackPlugin):
+    resource_type = PROJECT
+    options_schema = schemas.PROJECT_OPTIONS
+    restore_schema = schemas.PROJECT_RESTORE
+    saved_info_schema = schemas.PROJECT_SAVED
+    protect_operation = ProtectProject
+    restore_operation = RestoreProject
+    delete_operation = DeleteSection

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.plugin import Operation, Protectable
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
@@ -23,6 +23,8 @@ from tutela.plugins.openstack.common import (
     SERVER,
     VOLUME,
     Clients,
+    DeleteSection,
+    OpenStackPlugin,
     clients_for,
     describe_error,
     new_id,
@@ -324,35 +326,11 @@ class RestoreServer(Operation):
             )
 
 
-class DeleteServer(Operation):
-    idempotent_hooks = frozenset({"on_main"})
-
-    def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        checkpoint.bank_section.delete_all()
-
-
-class ServerPlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_supported_resources_types(self) -> list[str]:
-        return [SERVER]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.SERVER_OPTIONS
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.SERVER_RESTORE
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.SERVER_SAVED
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectServer(self.clients)
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreServer(self.clients)
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeleteServer()
+class ServerPlugin(OpenStackPlugin):
+    resource_type = SERVER
+    options_schema = schemas.SERVER_OPTIONS
+    restore_schema = schemas.SERVER_RESTORE
+    saved_info_schema = schemas.SERVER_SAVED
+    protect_operation = ProtectServer
+    restore_operation = RestoreServer
+    delete_operation = DeleteSection

@@ -19,7 +19,7 @@ from typing import Any
 from openstack.exceptions import NotFoundException
 
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable, ProtectionPlugin
+from tutela.plugin import Operation, Protectable
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     PROJECT,
@@ -27,6 +27,7 @@ from tutela.plugins.openstack.common import (
     VOLUME,
     Clients,
     GiB,
+    OpenStackPlugin,
     clients_for,
     describe_error,
     project_of,
@@ -389,28 +390,16 @@ class DeleteVolume(Operation):
         checkpoint.bank_section.delete_all()
 
 
-class VolumePlugin(ProtectionPlugin):
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
+class VolumePlugin(OpenStackPlugin):
+    resource_type = VOLUME
+    options_schema = schemas.VOLUME_OPTIONS
+    restore_schema = schemas.VOLUME_RESTORE
+    saved_info_schema = schemas.VOLUME_SAVED
+    protect_operation = ProtectVolume
+    restore_operation = RestoreVolume
+    delete_operation = DeleteVolume
 
-    def get_supported_resources_types(self) -> list[str]:
-        return [VOLUME]
-
-    def get_options_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.VOLUME_OPTIONS
-
-    def get_restore_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.VOLUME_RESTORE
-
-    def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
-        return schemas.VOLUME_SAVED
-
-    def get_protect_operation(self, resource: Resource) -> Operation:
-        return ProtectVolume(self.clients, resource.extra_info.get("size_gb"))
-
-    def get_restore_operation(self, resource: Resource) -> Operation:
-        return RestoreVolume(self.clients, resource.extra_info.get("size_gb"))
-
-    def get_delete_operation(self, resource: Resource) -> Operation:
-        return DeleteVolume(self.clients)
+    def operation(self, cls, resource: Resource) -> Operation:
+        if cls is DeleteVolume:
+            return DeleteVolume(self.clients)
+        return cls(self.clients, resource.extra_info.get("size_gb"))
