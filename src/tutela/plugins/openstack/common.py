@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tutela.errors import ConfigError, ObjectNotFound, ResourceError, TutelaError
-from tutela.plugin import Operation, ProtectionPlugin
+from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 PROJECT = "OS::Keystone::Project"
@@ -368,3 +368,21 @@ class OpenStackPlugin(ProtectionPlugin):
 
     def get_delete_operation(self, resource: Resource) -> Operation:
         return self.operation(self.delete_operation, resource)
+
+
+class OpenStackProtectable(Protectable):
+    """One OpenStack resource type and the types whose dependents it lists, declared by class
+    attributes; the listing methods are the subclass's."""
+
+    resource_type: str
+    parent_types: tuple[str, ...] = ()
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.clients = clients_for(config)
+
+    def get_resource_type(self) -> str:
+        return self.resource_type
+
+    def get_parent_resource_types(self) -> list[str]:
+        return list(self.parent_types)

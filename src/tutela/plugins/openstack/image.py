@@ -20,7 +20,7 @@ from typing import Any
 
 from tutela.datapath import open_stream, save_stream
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable
+from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
@@ -29,7 +29,7 @@ from tutela.plugins.openstack.common import (
     Clients,
     DeleteSection,
     OpenStackPlugin,
-    clients_for,
+    OpenStackProtectable,
     describe_error,
     new_id,
     project_of,
@@ -75,18 +75,11 @@ def image_resource(image: Any, project_id: str | None) -> Resource:
     )
 
 
-class ImageProtectable(Protectable):
+class ImageProtectable(OpenStackProtectable):
     """Images a project owns, and the image a server boots from (one node when shared)."""
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_resource_type(self) -> str:
-        return IMAGE
-
-    def get_parent_resource_types(self) -> list[str]:
-        return [PROJECT, SERVER]
+    resource_type = IMAGE
+    parent_types = (PROJECT, SERVER)
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
         conn = self.clients.base()

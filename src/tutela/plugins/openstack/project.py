@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tutela.errors import ResourceError
-from tutela.plugin import Operation, Protectable
+from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
@@ -25,7 +25,7 @@ from tutela.plugins.openstack.common import (
     Clients,
     DeleteSection,
     OpenStackPlugin,
-    clients_for,
+    OpenStackProtectable,
     describe_error,
     resolve_project,
     update_info,
@@ -33,18 +33,11 @@ from tutela.plugins.openstack.common import (
 from tutela.resource import Resource
 
 
-class ProjectProtectable(Protectable):
+class ProjectProtectable(OpenStackProtectable):
     """The project the connection is scoped to (others by id or name, with a role there)."""
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_resource_type(self) -> str:
-        return PROJECT
-
-    def get_parent_resource_types(self) -> list[str]:
-        return []
+    resource_type = PROJECT
+    parent_types = ()
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
         return [self.show_resource(context, self.clients.project_id())]

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable
+from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     IMAGE,
@@ -25,7 +25,7 @@ from tutela.plugins.openstack.common import (
     Clients,
     DeleteSection,
     OpenStackPlugin,
-    clients_for,
+    OpenStackProtectable,
     describe_error,
     new_id,
     project_of,
@@ -62,18 +62,11 @@ def _fault(server: Any) -> str | None:
     return fault.get("message") if isinstance(fault, dict) else str(fault)
 
 
-class ServerProtectable(Protectable):
+class ServerProtectable(OpenStackProtectable):
     """The servers of a project."""
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_resource_type(self) -> str:
-        return SERVER
-
-    def get_parent_resource_types(self) -> list[str]:
-        return [PROJECT]
+    resource_type = SERVER
+    parent_types = (PROJECT,)
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
         conn = self.clients.base()

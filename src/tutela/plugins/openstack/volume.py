@@ -19,7 +19,7 @@ from typing import Any
 from openstack.exceptions import NotFoundException
 
 from tutela.errors import ResourceError, TutelaError
-from tutela.plugin import Operation, Protectable
+from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
     PROJECT,
@@ -28,7 +28,7 @@ from tutela.plugins.openstack.common import (
     Clients,
     GiB,
     OpenStackPlugin,
-    clients_for,
+    OpenStackProtectable,
     describe_error,
     project_of,
     read_info,
@@ -54,18 +54,11 @@ def attached_server_ids(volume: Any) -> list[str]:
     return [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
 
 
-class VolumeProtectable(Protectable):
+class VolumeProtectable(OpenStackProtectable):
     """Volumes of a project that no server holds, and the volumes attached to a server."""
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.clients = clients_for(config)
-
-    def get_resource_type(self) -> str:
-        return VOLUME
-
-    def get_parent_resource_types(self) -> list[str]:
-        return [PROJECT, SERVER]
+    resource_type = VOLUME
+    parent_types = (PROJECT, SERVER)
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
         conn = self.clients.base()
