@@ -3,9 +3,13 @@ max(critical path, total work / workers), on a virtual clock.
 
 Durations are simulated and seeded: prepare and complete hooks 1-20 ms, main hooks 50 ms-2 s.
 Graphs are the forest of flow_overhead.py (each root 10 children, each child 3, every 7th
-grandchild shared).  Three dispatch orders are compared:
+grandchild shared).  Four dispatch orders are compared:
   estimates  longest remaining path from the plugins' own estimates (`estimated_duration`)
-  defaults   longest remaining path from the default per-hook weights (no estimates)
+  history    longest remaining path from the hook times of the last run, as the engine takes
+             them from the previous checkpoint's records; each hook's time last run differs
+             from this run's by up to +-30% (seeded), as data grows and shrinks between runs
+  defaults   longest remaining path from the default per-hook weights (nothing known: a
+             first run)
   fifo       arrival order, as a plain executor queue would run them
 
     python benchmarks/schedule_quality.py [--sizes 100 1000 10000] [--workers 4 8 32] [--seed 1]
@@ -28,6 +32,7 @@ from flow_overhead import NOOP, TYPE, make_forest
 from tutela import Resource
 from tutela.flow import Flow
 from tutela.graph import build_graph
+from tutela.plugin import HOOKS
 from tutela.scheduler import longest_remaining_path, lower_bound, node_weights, simulate
 
 
@@ -40,9 +45,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     print(
-        f"{'resources':>9} {'workers':>7} {'bound s':>9} {'estimates':>9} {'defaults':>9} {'fifo':>7}  (makespan / bound)"
+        f"{'resources':>9} {'workers':>7} {'bound s':>9} {'estimates':>9} {'history':>8} {'defaults':>9} {'fifo':>7}  (makespan / bound)"
     )
-    worst = {"estimates": 1.0, "defaults": 1.0, "fifo": 1.0}
+    worst = {"estimates": 1.0, "history": 1.0, "defaults": 1.0, "fifo": 1.0}
     for n in args.sizes:
         roots, children = make_forest(n)
         graph = build_graph(
@@ -55,6 +60,12 @@ def main() -> None:
         for node in range(flow.node_count):
             durations[node] = rng.uniform(0.05, 2.0) if node & 3 == 2 else rng.uniform(0.001, 0.02)
         by_estimates = longest_remaining_path(flow, durations)
+        history: dict[str, dict[str, float]] = {}
+        for r, res in enumerate(graph.nodes):
+            history[res.key] = {
+                HOOKS[h]: durations[(r << 2) | h] * rng.uniform(0.7, 1.3) for h in range(4)
+            }
+        by_history = longest_remaining_path(flow, node_weights(flow, history=history))
         by_defaults = longest_remaining_path(flow, node_weights(flow))
         fifo = array("d", bytes(8 * flow.node_count))
         for w in args.workers:
@@ -64,6 +75,7 @@ def main() -> None:
                 name: simulate(flow, durations, w, prio) / bound
                 for name, prio in (
                     ("estimates", by_estimates),
+                    ("history", by_history),
                     ("defaults", by_defaults),
                     ("fifo", fifo),
                 )
@@ -71,7 +83,7 @@ def main() -> None:
             for k, v in ratios.items():
                 worst[k] = max(worst[k], v)
             print(
-                f"{len(graph):>9} {w:>7} {bound:>9.1f} {ratios['estimates']:>9.3f} {ratios['defaults']:>9.3f} "
+                f"{len(graph):>9} {w:>7} {bound:>9.1f} {ratios['estimates']:>9.3f} {ratios['history']:>8.3f} {ratios['defaults']:>9.3f} "
                 f"{ratios['fifo']:>7.3f}   ({time.perf_counter() - t0:.1f} s to simulate)",
                 flush=True,
             )

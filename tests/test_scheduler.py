@@ -10,7 +10,15 @@ from tutela import Resource
 from tutela.flow import Flow
 from tutela.graph import build_graph
 from tutela.plugin import HOOKS
-from tutela.scheduler import ReadyQueue, longest_remaining_path, lower_bound, simulate
+from tutela.scheduler import (
+    DEFAULT_WEIGHTS,
+    ReadyQueue,
+    durations_from_records,
+    longest_remaining_path,
+    lower_bound,
+    node_weights,
+    simulate,
+)
 
 PB, PF, MAIN, COMPLETE = HOOKS
 
@@ -75,3 +83,57 @@ def test_makespan_near_the_bound_on_a_random_forest():
         ratio = simulate(flow, d, workers) / lower_bound(flow, d, workers)
         assert ratio >= 1.0 - 1e-9
         assert ratio <= 1.15, (workers, ratio)
+
+
+def test_weights_prefer_estimates_then_history_then_the_known_mean():
+    hooks = {"A": {MAIN}, "B": {MAIN}, "C": {MAIN, COMPLETE}}
+    flow, g = make_flow({}, ["A", "B", "C"], hooks)
+
+    class Estimating(type(flow.operations[0])):
+        def estimated_duration(self, hook):
+            return 9.0 if hook == MAIN else None
+
+    flow.operations[g.index(Resource("T", "A"))] = Estimating()
+    history = {"T#A": {MAIN: 1.0}, "T#B": {MAIN: 3.0}}
+    w = node_weights(flow, history=history)
+
+    def node(rid, hook):
+        return (g.index(Resource("T", rid)) << 2) | HOOKS.index(hook)
+
+    assert w[node("A", MAIN)] == 9.0  # the plugin's estimate beats last time's duration
+    assert w[node("B", MAIN)] == 3.0  # last time's duration
+    assert w[node("C", MAIN)] == 6.0  # unknown: the mean of the known main hooks
+    # No complete hook is known: the default, scaled as the known mains compare with theirs.
+    assert w[node("C", COMPLETE)] == DEFAULT_WEIGHTS[3] * 12.0 / (2 * DEFAULT_WEIGHTS[2])
+    assert w[node("A", PB)] == 0.0  # not implemented: a pass-through weighs nothing
+    # Nothing known at all: the relative defaults.
+    plain = make_flow({}, ["A", "B", "C"], hooks)[0]
+    assert node_weights(plain)[node("B", MAIN)] == DEFAULT_WEIGHTS[2]
+
+
+def test_durations_from_records_skips_what_it_cannot_read():
+    records = {
+        "T#a": {"hooks": {MAIN: [10.0, 12.5], COMPLETE: [12.5, 12.75]}},
+        "T#b": {"status": "error"},
+        "T#c": {"hooks": {MAIN: "garbage", PB: [1, "x"]}},
+    }
+    assert durations_from_records(records) == {"T#a": {MAIN: 2.5, COMPLETE: 0.25}}
+
+
+def test_the_next_protect_dispatches_what_took_longest_last_time_first(scenario, make_provider):
+    # Two independent resources and one worker: the order of their main hooks is the
+    # dispatcher's choice.  Each run makes the other one slow; the next run must start the
+    # one that was slow first (both orders are seen, so arrival order cannot pass this).
+    scenario.reset({"a": [], "b": []})
+    provider = make_provider(executor="threads", max_workers=1)
+    roots = [Resource("Test::Node", "a"), Resource("Test::Node", "b")]
+
+    previous = None
+    for slow in ("b", "a", "b"):
+        scenario.calls.clear()
+        scenario.sleep = {(slow, MAIN): 0.05}
+        provider.protect(roots)
+        order = [c["id"] for c in scenario.calls if c["hook"] == MAIN]
+        if previous is not None:
+            assert order == [previous, "a" if previous == "b" else "b"], order
+        previous = slow

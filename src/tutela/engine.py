@@ -230,6 +230,9 @@ class Engine:
         self.absorb: Callable[[int, Any], None] | None = None
         self.is_idempotent: Callable[[int], bool] = lambda node: False
         self.report_bytes: Callable[[int], None] | None = None
+        #: How long each resource's hooks took last time (`TYPE#ID` -> hook -> seconds), so
+        #: that the dispatch priority knows which tasks are long before they run.
+        self.history: dict[str, dict[str, float]] | None = None
         #: Start and end time of every node that ran (0.0 for the others); filled before the
         #: listener hears of the task, so listeners may read them.
         self.started = array("d", bytes(8 * flow.node_count))
@@ -256,7 +259,9 @@ class Engine:
                 dispatcher.close()
                 raise
         if dispatcher is not None and self.policy.prioritise:
-            ready: Any = ReadyQueue(longest_remaining_path(flow, node_weights(flow)))
+            ready: Any = ReadyQueue(
+                longest_remaining_path(flow, node_weights(flow, history=self.history))
+            )
         else:
             ready = StackQueue()
         push, pop = ready.push, ready.pop

@@ -5,6 +5,7 @@ status (last, and only while the lease is still ours)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import traceback
@@ -26,9 +27,12 @@ from tutela.errors import BankError, HookError, LeaseError, OperationFailed, Tut
 from tutela.flow import Flow
 from tutela.plugin import HOOKS, call_hook, has_abort
 from tutela.resource import Resource
+from tutela.scheduler import durations_from_records
 
 if TYPE_CHECKING:
     from tutela.provider import Provider
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,32 @@ class OperationRun:
         op = self.flow.operations[node >> 2]
         return HOOKS[node & 3] in (getattr(op, "idempotent_hooks", None) or ())
 
+    def history(self) -> dict[str, dict[str, float]] | None:
+        """Hook durations to dispatch by: a protect takes them from this provider's newest
+        available checkpoint, a restore from the protect of the checkpoint it restores (a
+        resource that took long to save is the one likely to take long to restore).  Advisory:
+        a checkpoint that cannot be read only means no history."""
+        try:
+            if self.flow.kind == "protect":
+                source = next(
+                    iter(
+                        self.provider.checkpoints.list(
+                            provider_id=self.provider.id, status="available", limit=1
+                        )
+                    ),
+                    None,
+                )
+            elif self.flow.kind == "restore":
+                source = self.checkpoint
+            else:
+                return None
+            if source is None:
+                return None
+            return durations_from_records(source.resource_records())
+        except Exception as exc:  # an ordering hint, never a reason to fail
+            log.debug("no hook durations from earlier runs: %s", exc)
+            return None
+
     def record_resource(self, index: int, error: tuple[str, BaseException] | None) -> None:
         resource = self.flow.graph.nodes[index]
         record: dict[str, Any] = {"resource": resource.to_dict()}
@@ -342,6 +372,8 @@ class OperationRun:
         engine.absorb = self.absorb
         engine.is_idempotent = self.is_idempotent
         engine.report_bytes = self.progress.bytes_moved
+        if self.policy.prioritise:
+            engine.history = self.history()
         self.result_arrays = (engine.started, engine.finished)
         with LeaseKeeper(self.provider) as lease:
             try:

@@ -4,16 +4,21 @@ Hooks are not free: main hooks move data for seconds or hours.  When workers are
 order in which ready tasks start decides the makespan, so parallel policies dispatch by the
 *longest remaining path* (critical path first): the weight of a node plus the heaviest path
 from it to the end of the flow.  Weights come from `Operation.estimated_duration(hook)` when a
-plugin knows (e.g. from the data size) and from per-hook defaults otherwise.
+plugin knows (e.g. from the data size), else from how long the same hook of the same resource
+took last time (the hook times a checkpoint's records keep), else from the mean of the known
+durations of that hook, and from per-hook defaults only when nothing is known at all.
 
 The serial policy has no choice to make that changes the makespan, so it uses a plain stack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from array import array
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 from tutela.flow import COMPLETE, MAIN, PB, PF, Flow
 from tutela.plugin import HOOKS
@@ -38,19 +43,67 @@ def resource_order(flow: Flow) -> list[int]:
     return order
 
 
-def node_weights(flow: Flow, defaults: tuple[float, ...] = DEFAULT_WEIGHTS) -> array:
-    """Weight of every node: the plugin's estimate, else the default; 0 for pass-through."""
+def durations_from_records(records: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """`TYPE#ID` -> hook -> seconds, from a checkpoint's per-resource records."""
+    history: dict[str, dict[str, float]] = {}
+    for key, record in records.items():
+        hooks = record.get("hooks")
+        if not isinstance(hooks, dict):
+            continue
+        times = {}
+        for hook, span in hooks.items():
+            if isinstance(span, list | tuple) and len(span) == 2:
+                with contextlib.suppress(TypeError, ValueError):
+                    times[hook] = max(0.0, float(span[1]) - float(span[0]))
+        if times:
+            history[key] = times
+    return history
+
+
+def node_weights(
+    flow: Flow,
+    defaults: tuple[float, ...] = DEFAULT_WEIGHTS,
+    history: Mapping[str, Mapping[str, float]] | None = None,
+) -> array:
+    """Weight of every node (0 for pass-through): the plugin's estimate, else the hook's
+    duration last time (`history`), else the mean known duration of that hook.  With nothing
+    known, the relative `defaults`; when some durations are known, the defaults are scaled to
+    them, so that seconds and relative weights never mix."""
     weights = array("d", bytes(8 * flow.node_count))
+    unknown: list[array] = [array("q") for _ in range(4)]
     mask = flow.mask
+    nodes = flow.graph.nodes
+    sums = [0.0] * 4
+    counts = [0] * 4
     for r, op in enumerate(flow.operations):
         m = mask[r]
         if not m:
             continue
         estimate = getattr(op, "estimated_duration", None)
+        past = history.get(nodes[r].key) if history else None
         for h in range(4):
-            if m >> h & 1:
-                value = estimate(HOOKS[h]) if estimate is not None else None
-                weights[(r << 2) | h] = defaults[h] if value is None else float(value)
+            if not m >> h & 1:
+                continue
+            value = estimate(HOOKS[h]) if estimate is not None else None
+            if value is None and past is not None:
+                value = past.get(HOOKS[h])
+            if value is None:
+                unknown[h].append((r << 2) | h)
+            else:
+                weights[(r << 2) | h] = float(value)
+                sums[h] += float(value)
+                counts[h] += 1
+    if not any(counts):
+        fill = list(defaults)
+    else:
+        # Scale the defaults by how known durations compare with them, hook by hook where
+        # that hook has any, else overall.
+        scale = sum(sums) / sum(defaults[h] * counts[h] for h in range(4) if counts[h]) or 1.0
+        fill = [sums[h] / counts[h] if counts[h] else defaults[h] * scale for h in range(4)]
+    for h in range(4):
+        value = fill[h]
+        for node in unknown[h]:
+            weights[node] = value
     return weights
 
 
@@ -153,6 +206,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "ReadyQueue",
     "StackQueue",
+    "durations_from_records",
     "longest_remaining_path",
     "lower_bound",
     "node_weights",
