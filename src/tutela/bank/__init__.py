@@ -158,6 +158,8 @@ class BankPlugin(ABC):
 
     # Optional: `get_object_range(key, offset, length) -> bytes`, for banks that can read a
     # slice of an object without reading what comes before it (the filesystem bank does).
+    # Optional: `get_object_view(key) -> memoryview`, a read-only view of a whole object that
+    # costs no copy (the filesystem bank maps the file), for readers that slice it up.
 
     # Leases.
     @abstractmethod
@@ -282,6 +284,19 @@ class BankSection:
             return native(validate_key(self.prefix + validate_key(key)), offset, length)
 
         return read
+
+    @property
+    def get_object_view(self):
+        """`view(key) -> memoryview` when the bank can map an object without copying it (see
+        `BankPlugin`), else None."""
+        native = getattr(self.bank.plugin, "get_object_view", None)
+        if native is None:
+            return None
+
+        def view(key: str) -> memoryview:
+            return native(validate_key(self.prefix + validate_key(key)))
+
+        return view
 
     def get_sub_section(self, prefix: str, writable: bool | None = None) -> BankSection:
         validate_key(prefix.strip("/"))

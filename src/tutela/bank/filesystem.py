@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import mmap
 import os
 import time
 import uuid
@@ -173,6 +174,25 @@ class FilesystemBank(BankPlugin):
             return os.pread(fd, length, offset)
         finally:
             os.close(fd)
+
+    def get_object_view(self, key: str) -> memoryview:
+        """The whole object, mapped read-only: no copy, no fresh memory (the pages are the
+        page cache's).  Objects are replaced by rename, never rewritten in place, so a mapping
+        stays valid (and unchanged) for as long as it is referenced."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in bank") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return memoryview(b"")
+            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        mapped.madvise(mmap.MADV_WILLNEED)
+        return memoryview(mapped)
 
     def object_size(self, key: str) -> int:
         path = self._path(key)

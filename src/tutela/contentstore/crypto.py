@@ -76,11 +76,11 @@ class AeadCipher(Cipher):
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes | memoryview, aad: bytes) -> bytes:
-        blob = bytes(blob)
-        if len(blob) < self.overhead:
+        view = memoryview(blob)  # slices of a pack, decrypted without copying them
+        if len(view) < self.overhead:
             raise DecryptError("message too short")
         try:
-            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], aad)
+            return self._aead.decrypt(view[:NONCE], view[NONCE:], aad)
         except InvalidTag:
             raise DecryptError("authentication failed") from None
 

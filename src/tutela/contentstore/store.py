@@ -291,7 +291,7 @@ class ContentStore:
         self._index = Index()
         self._segments: set[str] = set()
         self._load_lock = threading.Lock()
-        self._packs: OrderedDict[str, bytes] = OrderedDict()
+        self._packs: OrderedDict[str, bytes | memoryview] = OrderedDict()
         self._last_pack = ""
         self._packs_lock = threading.Lock()
         self._workers = workers or max(2, os.cpu_count() or 2)
@@ -817,15 +817,19 @@ class ContentStore:
             stream.close()
         return out
 
-    def _pack_bytes(self, pack: str) -> bytes:
+    def _pack_bytes(self, pack: str) -> bytes | memoryview:
         """A whole pack, from the small read cache or the bank."""
         with self._packs_lock:
             data = self._packs.get(pack)
             if data is not None:
                 self._packs.move_to_end(pack)
                 return data
+        mapped = self.section.get_object_view
         try:
-            data = self.section.get_object(pack_key(pack))
+            if mapped is not None:
+                data = mapped(pack_key(pack))
+            else:
+                data = self.section.get_object(pack_key(pack))
         except ObjectNotFound:
             raise CorruptDataError(
                 f"{self.name}: pack {pack} is missing from the bank", pack=pack
@@ -836,7 +840,7 @@ class ContentStore:
                 self._packs.popitem(last=False)
         return data
 
-    def _fetch(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
+    def _fetch(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes | memoryview]:
         """The stored bytes at (offset, length) of a pack.
 
         A pack read from twice in a row is fetched whole and cached (restoring files stored
@@ -853,7 +857,8 @@ class ContentStore:
         if data is None and (again or needed >= self.pack_size // 4):
             data = self._pack_bytes(pack)
         if data is not None:
-            return {off: data[off : off + ln] for off, ln in ranges}
+            view = memoryview(data)  # no copies: the decoders read the cached pack in place
+            return {off: view[off : off + ln] for off, ln in ranges}
         read_range = getattr(self.section, "get_object_range", None)
         if read_range is not None:
             try:
@@ -864,7 +869,7 @@ class ContentStore:
                 ) from None
         return self._read_ranges(pack, ranges)
 
-    def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | None) -> bytes:
+    def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | memoryview | None) -> bytes:
         where = f"{self.name}: chunk {cid.hex()} in pack {entry.pack} at offset {entry.offset}"
         if stored is None or len(stored) != entry.length:
             raise CorruptDataError(f"{where}: pack is truncated", entry.pack, cid.hex())
