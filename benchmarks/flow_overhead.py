@@ -219,6 +219,27 @@ def measure_taskflow(n: int) -> dict:
 
     path_based.PathBasedConnection.upgrade = upgrade_once
 
+    # The engine compiles each atom with a ScopeWalker that finds the atom in the flow's
+    # hierarchy tree by a depth-first search of the whole tree (quadratic again); every atom
+    # appears once in that tree, so a lookup table built once per tree finds the same node.
+    from taskflow.types import tree as tf_tree
+
+    original_find = tf_tree.Node.find
+    tables: dict[int, tuple[object, dict]] = {}
+
+    def find_indexed(self, item, only_direct=False, include_self=True):
+        if only_direct or not include_self:
+            return original_find(self, item, only_direct, include_self)
+        cached = tables.get(id(self))
+        if cached is None or cached[0] is not self:
+            table: dict = {}
+            for node in self.dfs_iter(include_self=True):
+                table.setdefault(node.item, node)
+            cached = tables[id(self)] = (self, table)
+        return cached[1].get(item)
+
+    tf_tree.Node.find = find_indexed
+
     class NoopTask(task.Task):
         def execute(self):
             pass
