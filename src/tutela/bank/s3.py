@@ -249,30 +249,37 @@ class S3Bank(BankPlugin, LeaseStore):
 
     # -- objects ---------------------------------------------------------------------------
     def update_object(self, key: str, value: bytes | str) -> None:
-        self.update_object_stream(key, [ensure_bytes(value)])
+        data = ensure_bytes(value)
+        if len(data) > self.part_size:
+            self.update_object_stream(key, [data])
+        else:  # already in memory: sent (and replayed) from there, never spooled to disk
+            self._put_whole(key, self._full(key), Spool.of(data))
 
     def update_object_stream(self, key: str, stream: Iterable[bytes] | BinaryIO) -> int:
         full = self._full(key)
         blocks = BlockReader(iter_stream(stream))
         first = Spool(blocks, self.part_size, self.spool_memory, self.spool_dir)
         if first.at_end:
-            try:
-                self._call(
-                    "put",
-                    key,
-                    lambda c: c.put_object(
-                        Bucket=self.bucket,
-                        Key=full,
-                        Body=first.file,
-                        ContentLength=first.size,
-                        ContentMD5=_md5_b64(first.etag),
-                    ),
-                    reset=first.rewind,
-                )
-            finally:
-                first.close()
-            return first.size
+            return self._put_whole(key, full, first)
         return self._put_multipart(key, full, first, blocks)
+
+    def _put_whole(self, key: str, full: str, spool: Spool) -> int:
+        try:
+            self._call(
+                "put",
+                key,
+                lambda c: c.put_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=spool.file,
+                    ContentLength=spool.size,
+                    ContentMD5=_md5_b64(spool.etag),
+                ),
+                reset=spool.rewind,
+            )
+        finally:
+            spool.close()
+        return spool.size
 
     def _put_multipart(self, key: str, full: str, first: Spool, blocks: BlockReader) -> int:
         upload = self._call(

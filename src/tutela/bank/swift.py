@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -141,6 +142,16 @@ class Spool:
         self.etag = md5.hexdigest()
         self.at_end = blocks.at_end()
         self.file.seek(0)
+
+    @classmethod
+    def of(cls, data: bytes) -> Spool:
+        """A value already in memory, kept there (a BytesIO shares the bytes, no copy)."""
+        spool = cls.__new__(cls)
+        spool.file = io.BytesIO(data)
+        spool.size = len(data)
+        spool.etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        spool.at_end = True
+        return spool
 
     def rewind(self) -> None:
         self.file.seek(0)
@@ -381,23 +392,32 @@ class SwiftBank(BankPlugin, LeaseStore):
 
     # -- objects ---------------------------------------------------------------------------
     def update_object(self, key: str, value: bytes | str) -> None:
-        self.update_object_stream(key, [ensure_bytes(value)])
+        data = ensure_bytes(value)
+        if len(data) > self.segment_size:
+            self.update_object_stream(key, [data])
+        else:  # already in memory: sent (and replayed) from there, never spooled to disk
+            self._check(key)
+            self._put_whole(key, Spool.of(data))
 
     def update_object_stream(self, key: str, stream: Iterable[bytes] | BinaryIO) -> int:
         self._check(key)
         blocks = BlockReader(iter_stream(stream))
         first = Spool(blocks, self.segment_size, self.spool_memory, self.spool_dir)
-        old_segments = self._manifest_segments(key, op="put")
         if first.at_end:
-            try:
-                self._put_spool(self.container, key, first, "put")
-            finally:
-                first.close()
-            self._delete_segments(old_segments, key)
-            return first.size
+            return self._put_whole(key, first)
+        old_segments = self._manifest_segments(key, op="put")
         total = self._put_segmented(key, first, blocks)
         self._delete_segments(old_segments, key)
         return total
+
+    def _put_whole(self, key: str, spool: Spool) -> int:
+        old_segments = self._manifest_segments(key, op="put")
+        try:
+            self._put_spool(self.container, key, spool, "put")
+        finally:
+            spool.close()
+        self._delete_segments(old_segments, key)
+        return spool.size
 
     def _put_spool(self, container: str, name: str, spool: Spool, op: str, key: str = "") -> None:
         self._call(

@@ -724,7 +724,9 @@ class ContentStore:
                     self._uploaded.notify_all()
 
     def _upload(self, item: _Upload) -> None:
-        self.section.update_object_stream(pack_key(item.name), item.blocks)
+        # One bytes value (a pack is bounded by pack_size): object-store banks send it from
+        # memory instead of spooling it to a temporary file first.
+        self.section.update_object(pack_key(item.name), b"".join(item.blocks))
         self._index.add_pack(item.name, item.entries)
         with self._lock:
             self._pending.difference_update(cid for cid, *_ in item.entries)
