@@ -122,6 +122,47 @@ def test_damaged_bank_copy_is_caught_on_restore(make_provider, tmp_path):
     assert not (tmp_path / "out" / "f").exists()
 
 
+def test_a_failed_restore_of_many_files_leaves_no_torn_file(make_provider, tmp_path):
+    # Many small files (restored in batches on several threads) and one damaged chunk: the
+    # restore fails naming the damage, and every file it leaves is whole and right.
+    src = tmp_path / "src"
+    for i in range(300):
+        sub = src / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}").write_bytes(os.urandom(2000 + i))
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    provider.close()
+    flip_a_bit_in_every_pack(tmp_path / "bank")
+    provider = make_provider()
+    out = tmp_path / "out"
+    with pytest.raises(OperationFailed) as info:
+        provider.restore(cp.id, {DIR: {"target": str(out)}})
+    assert "damaged" in str(info.value).lower() or "corrupt" in str(info.value).lower()
+    left = [p for p in out.rglob("*") if p.is_file()]
+    assert len(left) < 300
+    for path in left:
+        assert not path.name.startswith(".tutela-restore-")
+        assert path.read_bytes() == (src / path.relative_to(out)).read_bytes()
+
+
+def test_overwrite_replaces_a_planted_link_instead_of_writing_through_it(make_provider, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one").write_bytes(b"from the checkpoint")
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"must not change")
+    (src / "one").unlink()
+    (src / "one").symlink_to(outside)
+    provider.restore(cp.id, {DIR: {"overwrite": True}})
+    assert not (src / "one").is_symlink()
+    assert (src / "one").read_bytes() == b"from the checkpoint"
+    assert outside.read_bytes() == b"must not change"
+    assert not [p for p in src.iterdir() if p.name.startswith(".tutela-restore-")]
+
+
 def test_tampered_manifest_cannot_escape_the_target(make_provider, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

