@@ -891,8 +891,12 @@ class ContentStore:
             )
         return raw
 
-    def read(self, ref: FileRef) -> Iterator[bytes]:
+    def read(self, ref: FileRef, parallel: bool = True) -> Iterator[bytes]:
         """Yield the file's bytes chunk by chunk, each checked against its id.
+
+        `parallel` decodes a file's chunks on the store's pool; callers that already read
+        several files at once on their own threads pass False (a hand-off per chunk then
+        costs more in thread wake-ups than it gains).
 
         Raises CorruptDataError naming the pack and chunk on any damage, MissingChunkError
         when a chunk is not in the store.
@@ -913,9 +917,8 @@ class ContentStore:
         for run in runs:
             pack = run[0][2].pack
             data = self._fetch(pack, [(e.offset, e.length) for _, _, e in run])
-            if len(run) == 1:  # a small file: a thread hop costs more than it saves
-                cid, _, e = run[0]
-                raws: list[Any] = [self._decode(cid, e, data.get(e.offset))]
+            if len(run) == 1 or not parallel:  # a thread hop would cost more than it saves
+                raws: Iterable[Any] = (self._decode(c, e, data.get(e.offset)) for c, _, e in run)
             else:
                 raws = [
                     self._pool.submit(self._decode, cid, e, data.get(e.offset)) for cid, _, e in run

