@@ -98,15 +98,15 @@ class PackBuilder:
         self.blobs.append(stored)
         self.size += len(stored)
 
-    def seal(self, cipher: Cipher) -> tuple[str, list[bytes], list[tuple[bytes, int, int, int]]]:
-        """(pack name, the pack's bytes as blocks, entries)."""
+    def seal(self, cipher: Cipher) -> tuple[str, bytes, list[tuple[bytes, int, int, int]]]:
+        """(pack name, the pack's bytes, entries).  The pack is one bytes value, so that a
+        queued pack costs its size once and object-store banks can send it as it is; the
+        blobs are let go here."""
         header = bytes((HEADER_VERSION,)) + b"".join(_ENTRY.pack(*e) for e in self.entries)
         header = cipher.encrypt(header, HEADER_AAD)
-        blocks = [*self.blobs, header, _TRAILER.pack(len(header))]
-        hasher = blake3.blake3(max_threads=1)
-        for block in blocks:
-            hasher.update(block)
-        return hasher.hexdigest(), blocks, self.entries
+        data = b"".join([*self.blobs, header, _TRAILER.pack(len(header))])
+        self.blobs = []
+        return blake3.blake3(data, max_threads=1).hexdigest(), data, self.entries
 
 
 def parse_header(pack: bytes, cipher: Cipher) -> list[tuple[bytes, int, int, int]]:

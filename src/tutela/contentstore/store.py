@@ -248,10 +248,10 @@ class _Batch:
 
 
 class _Upload:
-    __slots__ = ("blocks", "entries", "name")
+    __slots__ = ("data", "entries", "name")
 
-    def __init__(self, name: str, blocks: list[bytes], entries: PackEntries):
-        self.name, self.blocks, self.entries = name, blocks, entries
+    def __init__(self, name: str, data: bytes, entries: PackEntries):
+        self.name, self.data, self.entries = name, data, entries
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -698,10 +698,10 @@ class ContentStore:
         if not len(self._builder):
             return None
         self._check_usable()
-        name, blocks, entries = self._builder.seal(self.keys.cipher)
+        name, data, entries = self._builder.seal(self.keys.cipher)
         self._builder = PackBuilder()
         self._outstanding += 1
-        return _Upload(name, blocks, entries)
+        return _Upload(name, data, entries)
 
     def _wait_uploaded_locked(self) -> None:
         while self._outstanding:
@@ -726,7 +726,7 @@ class ContentStore:
     def _upload(self, item: _Upload) -> None:
         # One bytes value (a pack is bounded by pack_size): object-store banks send it from
         # memory instead of spooling it to a temporary file first.
-        self.section.update_object(pack_key(item.name), b"".join(item.blocks))
+        self.section.update_object(pack_key(item.name), item.data)
         self._index.add_pack(item.name, item.entries)
         with self._lock:
             self._pending.difference_update(cid for cid, *_ in item.entries)
@@ -1109,8 +1109,8 @@ class ContentStore:
         def seal() -> None:
             nonlocal builder
             if len(builder):
-                name, blocks, entries = builder.seal(self.keys.cipher)
-                self.section.update_object_stream(pack_key(name), blocks)
+                name, data, entries = builder.seal(self.keys.cipher)
+                self.section.update_object(pack_key(name), data)
                 written.append((name, entries))
                 report.packs_written += 1
                 builder = PackBuilder()
