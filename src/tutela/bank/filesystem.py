@@ -170,13 +170,16 @@ class FilesystemBank(BankPlugin):
 
         return blocks()
 
-    def get_object_range(self, key: str, offset: int, length: int) -> bytes:
-        """`length` bytes at `offset` (fewer at the end of the object), read directly."""
-        path = self._path(key)
+    def _open_fd(self, key: str) -> int:
+        """A read-only descriptor of the object (the caller closes it)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            return os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(f"no object {key!r} in bank") from None
+
+    def get_object_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the end of the object), read directly."""
+        fd = self._open_fd(key)
         try:
             return os.pread(fd, length, offset)
         finally:
@@ -186,11 +189,7 @@ class FilesystemBank(BankPlugin):
         """The whole object, mapped read-only: no copy, no fresh memory (the pages are the
         page cache's).  Objects are replaced by rename, never rewritten in place, so a mapping
         stays valid (and unchanged) for as long as it is referenced."""
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(f"no object {key!r} in bank") from None
+        fd = self._open_fd(key)
         try:
             size = os.fstat(fd).st_size
             if size == 0:
