@@ -38,6 +38,7 @@ from typing import TypeVar
 
 import tenacity
 
+from tutela.bank import OWNER_LEASE, checked_lease_name
 from tutela.errors import BankError, LeaseError
 
 T = TypeVar("T")
@@ -162,6 +163,36 @@ class LeaseStore:
 
     def lease_delete(self, name: str) -> None:
         raise NotImplementedError
+
+
+class LeasedStore(LeaseStore):
+    """The `BankPlugin` lease methods for a bank that keeps its leases as objects through a
+    `LeaseProtocol` (`self.leases`, owner `self._owner_id`).  List it before `BankPlugin` in
+    the bases, so these methods take the place of the abstract ones."""
+
+    leases: LeaseProtocol
+    _owner_id: str
+
+    def get_owner_id(self) -> str:
+        return self._owner_id
+
+    def _lease(self, name: str | None) -> str:
+        return checked_lease_name(self, name)
+
+    def acquire_lease(self, name: str | None = OWNER_LEASE) -> bool:
+        return self.leases.acquire(self._lease(name))
+
+    def renew_lease(self, name: str | None = OWNER_LEASE) -> None:
+        self.leases.renew(self._lease(name))
+
+    def check_lease_validity(self, name: str | None = OWNER_LEASE) -> bool:
+        return self.leases.check_validity(self._lease(name))
+
+    def release_lease(self, name: str | None = OWNER_LEASE) -> None:
+        self.leases.release(self._lease(name))
+
+    def get_lease_owner(self, name: str | None = OWNER_LEASE) -> str | None:
+        return self.leases.owner(self._lease(name))
 
 
 class LeaseProtocol:

@@ -42,19 +42,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tutela.bank import (
-    OWNER_LEASE,
     STREAM_CHUNK,
     BankPlugin,
-    checked_lease_name,
     ensure_bytes,
     iter_stream,
     make_owner_id,
     validate_key,
 )
 from tutela.bank.retry import (
+    LeasedStore,
     LeaseProtocol,
     LeaseRecord,
-    LeaseStore,
     RetryPolicy,
     Transient,
     call_with_retry,
@@ -92,7 +90,7 @@ def _md5_b64(hexdigest: str) -> str:
     return base64.b64encode(bytes.fromhex(hexdigest)).decode()
 
 
-class S3Bank(BankPlugin, LeaseStore):
+class S3Bank(LeasedStore, BankPlugin):
     config_section = SECTION
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
@@ -510,12 +508,6 @@ class S3Bank(BankPlugin, LeaseStore):
         return count
 
     # -- leases ----------------------------------------------------------------------------
-    def get_owner_id(self) -> str:
-        return self._owner_id
-
-    def _lease(self, name: str | None) -> str:
-        return checked_lease_name(self, name)
-
     def lease_read(self, name: str) -> LeaseRecord | None:
         from botocore.exceptions import ClientError
 
@@ -571,18 +563,3 @@ class S3Bank(BankPlugin, LeaseStore):
                 lambda c: c.delete_object(Bucket=self.bucket, Key=self.leases_prefix + name),
                 passthrough=("404", "NoSuchKey"),
             )
-
-    def acquire_lease(self, name: str | None = OWNER_LEASE) -> bool:
-        return self.leases.acquire(self._lease(name))
-
-    def renew_lease(self, name: str | None = OWNER_LEASE) -> None:
-        self.leases.renew(self._lease(name))
-
-    def check_lease_validity(self, name: str | None = OWNER_LEASE) -> bool:
-        return self.leases.check_validity(self._lease(name))
-
-    def release_lease(self, name: str | None = OWNER_LEASE) -> None:
-        self.leases.release(self._lease(name))
-
-    def get_lease_owner(self, name: str | None = OWNER_LEASE) -> str | None:
-        return self.leases.owner(self._lease(name))

@@ -39,19 +39,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tutela.bank import (
-    OWNER_LEASE,
     STREAM_CHUNK,
     BankPlugin,
-    checked_lease_name,
     ensure_bytes,
     iter_stream,
     make_owner_id,
     validate_key,
 )
 from tutela.bank.retry import (
+    LeasedStore,
     LeaseProtocol,
     LeaseRecord,
-    LeaseStore,
     RetryPolicy,
     Transient,
     call_with_retry,
@@ -189,7 +187,7 @@ def is_broken_read(exc: BaseException) -> bool:
     return isinstance(exc, OSError | http.client.HTTPException | Urllib3Error | RequestException)
 
 
-class SwiftBank(BankPlugin, LeaseStore):
+class SwiftBank(LeasedStore, BankPlugin):
     config_section = SECTION
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
@@ -681,12 +679,6 @@ class SwiftBank(BankPlugin, LeaseStore):
         return keys
 
     # -- leases ----------------------------------------------------------------------------
-    def get_owner_id(self) -> str:
-        return self._owner_id
-
-    def _lease(self, name: str | None) -> str:
-        return checked_lease_name(self, name)
-
     def lease_read(self, name: str) -> LeaseRecord | None:
         from swiftclient.exceptions import ClientException
 
@@ -734,21 +726,6 @@ class SwiftBank(BankPlugin, LeaseStore):
                 raise BankError(
                     f"swift bank: lease delete of {name!r} failed: HTTP {exc.http_status}"
                 ) from None
-
-    def acquire_lease(self, name: str | None = OWNER_LEASE) -> bool:
-        return self.leases.acquire(self._lease(name))
-
-    def renew_lease(self, name: str | None = OWNER_LEASE) -> None:
-        self.leases.renew(self._lease(name))
-
-    def check_lease_validity(self, name: str | None = OWNER_LEASE) -> bool:
-        return self.leases.check_validity(self._lease(name))
-
-    def release_lease(self, name: str | None = OWNER_LEASE) -> None:
-        self.leases.release(self._lease(name))
-
-    def get_lease_owner(self, name: str | None = OWNER_LEASE) -> str | None:
-        return self.leases.owner(self._lease(name))
 
     def purge(self, drop_containers: bool = True) -> int:
         """Delete every object, segment and lease of this bank, then (by default) its three
