@@ -386,3 +386,14 @@ class OpenStackProtectable(Protectable):
 
     def get_parent_resource_types(self) -> list[str]:
         return list(self.parent_types)
+
+    def fetch(self, resource_id: str, get: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """(connection, what `get(connection)` returns); any failure is a ResourceError
+        naming the type and id."""
+        conn = self.clients.base()
+        try:
+            return conn, get(conn)
+        except Exception as exc:
+            raise ResourceError(
+                f"{self.resource_type} {resource_id!r}: {describe_error(exc)}"
+            ) from None

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tutela.datapath import open_stream, save_stream
-from tutela.errors import ResourceError, TutelaError
+from tutela.errors import TutelaError
 from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
@@ -30,7 +30,6 @@ from tutela.plugins.openstack.common import (
     DeleteSection,
     OpenStackPlugin,
     OpenStackProtectable,
-    describe_error,
     new_id,
     project_of,
     read_info,
@@ -87,11 +86,7 @@ class ImageProtectable(OpenStackProtectable):
         return [image_resource(i, pid) for i in conn.image.images(owner=pid, status="active")]
 
     def show_resource(self, context, resource_id: str) -> Resource:
-        conn = self.clients.base()
-        try:
-            image = conn.image.get_image(resource_id)
-        except Exception as exc:
-            raise ResourceError(f"{IMAGE} {resource_id!r}: {describe_error(exc)}") from None
+        conn, image = self.fetch(resource_id, lambda c: c.image.get_image(resource_id))
         return image_resource(image, conn.current_project_id)
 
     def get_dependent_resources(self, context, parent_resource: Resource) -> list[Resource]:

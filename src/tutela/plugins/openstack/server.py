@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tutela.errors import ResourceError, TutelaError
+from tutela.errors import TutelaError
 from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
@@ -26,7 +26,6 @@ from tutela.plugins.openstack.common import (
     DeleteSection,
     OpenStackPlugin,
     OpenStackProtectable,
-    describe_error,
     new_id,
     project_of,
     read_info,
@@ -74,11 +73,7 @@ class ServerProtectable(OpenStackProtectable):
         return [server_resource(s, pid) for s in conn.compute.servers(details=True)]
 
     def show_resource(self, context, resource_id: str) -> Resource:
-        conn = self.clients.base()
-        try:
-            server = conn.compute.get_server(resource_id)
-        except Exception as exc:
-            raise ResourceError(f"{SERVER} {resource_id!r}: {describe_error(exc)}") from None
+        conn, server = self.fetch(resource_id, lambda c: c.compute.get_server(resource_id))
         return server_resource(server, server.project_id or conn.current_project_id)
 
     def get_dependent_resources(self, context, parent_resource: Resource) -> list[Resource]:

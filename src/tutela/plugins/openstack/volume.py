@@ -18,7 +18,7 @@ from typing import Any
 
 from openstack.exceptions import NotFoundException
 
-from tutela.errors import ResourceError, TutelaError
+from tutela.errors import TutelaError
 from tutela.plugin import Operation
 from tutela.plugins.openstack import schemas
 from tutela.plugins.openstack.common import (
@@ -66,11 +66,7 @@ class VolumeProtectable(OpenStackProtectable):
         return [volume_resource(v, pid) for v in conn.block_storage.volumes(details=True)]
 
     def show_resource(self, context, resource_id: str) -> Resource:
-        conn = self.clients.base()
-        try:
-            volume = conn.block_storage.get_volume(resource_id)
-        except Exception as exc:
-            raise ResourceError(f"{VOLUME} {resource_id!r}: {describe_error(exc)}") from None
+        conn, volume = self.fetch(resource_id, lambda c: c.block_storage.get_volume(resource_id))
         return volume_resource(volume, volume.project_id or conn.current_project_id)
 
     def get_dependent_resources(self, context, parent_resource: Resource) -> list[Resource]:
@@ -131,8 +127,9 @@ def _backup_reason(backup: Any) -> str | None:
 SECONDS_PER_GIB = 15.0
 
 
-class ProtectVolume(Operation):
-    idempotent_hooks = frozenset({"on_complete"})
+class _VolumeOperation(Operation):
+    """A volume operation whose main hook moves the volume's bytes: it takes about as long
+    as the volume is large, which the scheduler uses to start big volumes first."""
 
     def __init__(self, clients: Clients, size_gb: int | None = None):
         self.clients = clients
@@ -142,6 +139,10 @@ class ProtectVolume(Operation):
         if hook == "on_main" and self.size_gb:
             return self.size_gb * SECONDS_PER_GIB
         return None
+
+
+class ProtectVolume(_VolumeOperation):
+    idempotent_hooks = frozenset({"on_complete"})
 
     def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
         """Snapshot now: the parent server is quiesced until every child's prepare_finish."""
@@ -263,16 +264,7 @@ class ProtectVolume(Operation):
             update_info(checkpoint, snapshot_deleted_at=time.time())
 
 
-class RestoreVolume(Operation):
-    def __init__(self, clients: Clients, size_gb: int | None = None):
-        self.clients = clients
-        self.size_gb = size_gb
-
-    def estimated_duration(self, hook: str) -> float | None:
-        if hook == "on_main" and self.size_gb:
-            return self.size_gb * SECONDS_PER_GIB
-        return None
-
+class RestoreVolume(_VolumeOperation):
     def _source(self, project_id: str) -> Any:
         try:
             return self.clients.for_project(project_id)
