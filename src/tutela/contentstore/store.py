@@ -786,16 +786,22 @@ class ContentStore:
             raise MissingChunkError(f"{self.name}: chunk {cid.hex()} is in no index segment")
         return entry
 
-    def _read_ranges(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
-        """The bytes at (offset, length) of a pack, streaming it once, stopping early."""
-        wanted = sorted(set(ranges))
-        out: dict[int, bytes] = {}
+    @contextlib.contextmanager
+    def _reading_pack(self, pack: str) -> Iterator[None]:
+        """A pack the index names but the bank lacks is damage, reported as such."""
         try:
-            stream = self.section.get_object_stream(pack_key(pack))
+            yield
         except ObjectNotFound:
             raise CorruptDataError(
                 f"{self.name}: pack {pack} is missing from the bank", pack=pack
             ) from None
+
+    def _read_ranges(self, pack: str, ranges: list[tuple[int, int]]) -> dict[int, bytes]:
+        """The bytes at (offset, length) of a pack, streaming it once, stopping early."""
+        wanted = sorted(set(ranges))
+        out: dict[int, bytes] = {}
+        with self._reading_pack(pack):
+            stream = self.section.get_object_stream(pack_key(pack))
         pos = 0
         parts: dict[int, list[bytes]] = {}
         i = 0
@@ -827,15 +833,11 @@ class ContentStore:
                 self._packs.move_to_end(pack)
                 return data
         mapped = self.section.get_object_view
-        try:
+        with self._reading_pack(pack):
             if mapped is not None:
                 data = mapped(pack_key(pack))
             else:
                 data = self.section.get_object(pack_key(pack))
-        except ObjectNotFound:
-            raise CorruptDataError(
-                f"{self.name}: pack {pack} is missing from the bank", pack=pack
-            ) from None
         with self._packs_lock:
             self._packs[pack] = data
             while len(self._packs) > PACK_CACHE:
@@ -863,12 +865,8 @@ class ContentStore:
             return {off: view[off : off + ln] for off, ln in ranges}
         read_range = getattr(self.section, "get_object_range", None)
         if read_range is not None:
-            try:
+            with self._reading_pack(pack):
                 return {off: read_range(pack_key(pack), off, ln) for off, ln in ranges}
-            except ObjectNotFound:
-                raise CorruptDataError(
-                    f"{self.name}: pack {pack} is missing from the bank", pack=pack
-                ) from None
         return self._read_ranges(pack, ranges)
 
     def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | memoryview | None) -> bytes:
