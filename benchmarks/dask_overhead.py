@@ -31,9 +31,7 @@ import argparse
 import os
 import pickle
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' real Dask cluster
+
+from dask_cluster import Cluster  # noqa: E402
 
 HOOK_NAMES = ("prepare_begin", "prepare_finish", "main", "complete")
 METHODS = ("on_prepare_begin", "on_prepare_finish", "on_main", "on_complete")
@@ -55,68 +56,13 @@ def run_noop(hook: int, *deps) -> None:
 
 
 # -- the cluster ----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class BenchCluster(Cluster):
+    """The tests' cluster (tests/dask_cluster.py) with `workers` workers, and CPU accounting."""
 
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-class Cluster:
     def __init__(self, root: Path, workers: int, nthreads: int):
-        dask = str(Path(sys.executable).parent / "dask")
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
-            "PYTHONPATH": os.pathsep.join(
-                [str(HERE), str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]
-            ),
-        }
-        self.procs: list[subprocess.Popen] = []
-        log = open(root / "scheduler.log", "w")  # noqa: SIM115 - lives as long as the cluster
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    *(dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port)),
-                    "--no-dashboard",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        wait_port(self.port)
+        super().__init__(root, pythonpath=[HERE, HERE.parent / "src"], nthreads=nthreads)
         for i in range(1, workers + 1):
-            folder = root / f"w{i}"
-            folder.mkdir()
-            wlog = open(root / f"w{i}.log", "w")  # noqa: SIM115
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        *(dask, "worker", self.address, "--name", f"w{i}"),
-                        *("--nthreads", str(nthreads), "--no-nanny", "--no-dashboard"),
-                        *("--host", "127.0.0.1", "--local-directory", str(folder)),
-                    ],
-                    env=env,
-                    cwd=folder,
-                    stdout=wlog,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-
-    def wait_workers(self, client, n: int) -> None:
-        client.wait_for_workers(n, timeout=120)
+            self.start_worker(f"w{i}")
 
     def cpu(self) -> tuple[float, float, float]:
         """CPU seconds (user+sys) so far of this process, the scheduler, and the workers."""
@@ -124,20 +70,10 @@ class Cluster:
 
         ru = resource.getrusage(resource.RUSAGE_SELF)
         out = [ru.ru_utime + ru.ru_stime, 0.0, 0.0]
-        for i, p in enumerate(self.procs):
+        for i, p in enumerate([self.scheduler, *self.workers.values()]):
             t = psutil.Process(p.pid).cpu_times()
             out[1 if i == 0 else 2] += t.user + t.system
         return out[0], out[1], out[2]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 # -- the forest -----------------------------------------------------------------------------
@@ -328,14 +264,13 @@ def main() -> int:
         f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
     )
     root = Path(tempfile.mkdtemp(prefix="tutela-dask-bench-"))
-    cluster = Cluster(root, args.workers, args.nthreads)
+    cluster = BenchCluster(root, args.workers, args.nthreads)
     probe = Probe(payload=args.profile)
     rows: dict[str, list[dict]] = {}
     worker_split: list[dict] = []
     loads = []
     try:
         client = Client(cluster.address, timeout=60, set_as_default=False)
-        cluster.wait_workers(client, args.workers)
         # Warm-up (imports on the workers, first connections), not measured.
         plain_graph(client, flow, 999)
         tutela_protect("dask", roots, cluster.address, root / "bank-warm")

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,107 +13,25 @@ from pathlib import Path
 
 import pytest
 
+from dask_cluster import Cluster, free_port
 from recording import TYPE
 from tutela import OperationFailed, Provider, ProviderConfig, Resource, TutelaError
 
 pytestmark = pytest.mark.dask
 HERE = Path(__file__).parent
-DASK = str(Path(sys.executable).parent / "dask")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-class Cluster:
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        }
-        self.workers: dict[str, subprocess.Popen] = {}
-        log = open(root / "scheduler.log", "w")  # noqa: SIM115 - lives as long as the cluster
-        self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port)
-
-    def start_worker(self, name: str) -> None:
-        folder = self.root / name
-        folder.mkdir(exist_ok=True)
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115
-        self.workers[name] = subprocess.Popen(
-            [
-                DASK,
-                "worker",
-                self.address,
-                "--name",
-                name,
-                "--nthreads",
-                "2",
-                "--no-nanny",
-                "--no-dashboard",
-                "--host",
-                "127.0.0.1",
-                "--local-directory",
-                str(folder),
-            ],
-            env={**self.env, "TUTELA_TEST_WORKER": name},
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        from distributed import Client
-
-        with Client(self.address, timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                names = {w.get("name") for w in client.scheduler_info()["workers"].values()}
-                if name in names:
-                    return
-                time.sleep(0.2)
-        raise RuntimeError(f"worker {name} did not join; see {self.root / (name + '.log')}")
-
-    def kill_worker(self, name: str) -> None:
-        proc = self.workers.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in [*self.workers.values(), self.scheduler]:
-            proc.terminate()
-        for proc in [*self.workers.values(), self.scheduler]:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+def start_worker(cluster: Cluster, name: str) -> None:
+    """A worker whose recording hooks report `name` as the host they ran on."""
+    cluster.start_worker(name, env={"TUTELA_TEST_WORKER": name})
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("dask"))
+    c = Cluster(tmp_path_factory.mktemp("dask"), pythonpath=[HERE])
     try:
-        c.start_worker("hostA")
-        c.start_worker("hostB")
+        start_worker(c, "hostA")
+        start_worker(c, "hostB")
         yield c
     finally:
         c.stop()
@@ -228,7 +144,7 @@ def _kill_when_marked(cluster, marker: Path) -> threading.Thread:
 
 
 def test_worker_killed_during_main_ends_in_error(cluster, scenario, tmp_path):
-    cluster.start_worker("hostC")
+    start_worker(cluster, "hostC")
     scenario.reset({"victim": []})
     scenario.hosts = {"victim": "hostC"}
     marker = tmp_path / "marker"
@@ -244,7 +160,7 @@ def test_worker_killed_during_main_ends_in_error(cluster, scenario, tmp_path):
 
 
 def test_idempotent_hook_is_retried_on_another_worker(cluster, scenario, tmp_path):
-    cluster.start_worker("hostD")
+    start_worker(cluster, "hostD")
     scenario.reset({"idem-1": []})
     marker = tmp_path / "marker"
     provider = provider_for(cluster, tmp_path)
