@@ -11,6 +11,7 @@ process so that peak memory (max RSS) is per size.
     python benchmarks/flow_overhead.py --compare taskflow --sizes 1000 10000
                                                        # the same flow in taskflow, and a bare
                                                        # graphlib loop, side by side (ratios)
+    python benchmarks/flow_overhead.py --chain 1000000 # a chain one million deep
 
 taskflow is a benchmark extra (`pip install -e .[bench]`), never a runtime dependency.  Stock
 taskflow is quadratic in four places (about 2 minutes and 2.4 GB at 1k resources, hours at
@@ -280,6 +281,27 @@ def measure_taskflow(n: int) -> dict:
     return out
 
 
+def measure_chain(n: int) -> dict:
+    """A chain n resources deep (each the only dependent of the one before): no recursion
+    anywhere on the path, so it must build and run at any depth."""
+    out: dict = {"depth": n}
+    t0 = time.perf_counter()
+    graph = build_graph(
+        [Resource(TYPE, "0")],
+        lambda r: [Resource(TYPE, str(int(r.id) + 1))] if int(r.id) < n - 1 else [],
+    )
+    flow = Flow("protect", graph, [NOOP] * len(graph), [{}] * len(graph))
+    out["build_s"] = time.perf_counter() - t0
+    out["tasks"] = flow.task_count
+    for name, policy in (("serial", SerialPolicy()), ("threads", ThreadsPolicy(max_workers=2))):
+        t0 = time.perf_counter()
+        result = Engine(flow, lambda node: None, policy).run()
+        assert result.ok and result.completed == flow.task_count, result
+        out[f"run_{name}_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
 def measure_graphlib(n: int) -> dict:
     """A bare graphlib.TopologicalSorter loop over the same tasks: the floor for an engine."""
     import concurrent.futures as cf
@@ -331,9 +353,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--provider", action="store_true", help="also time a whole protect")
     ap.add_argument("--compare", choices=["taskflow"], help="also run the same flow in taskflow")
+    ap.add_argument("--chain", type=int, help="instead: build and run a chain this deep")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--what", default="tutela", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.chain:
+        print(json.dumps(measure_chain(args.chain)))
+        return
     if args.one:
         if args.what == "taskflow":
             print(json.dumps(measure_taskflow(args.one)))
