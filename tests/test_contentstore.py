@@ -20,9 +20,11 @@ from tutela.bank import Bank
 from tutela.bank.filesystem import FilesystemBank
 from tutela.config import ProviderConfig
 from tutela.contentstore import (
+    FORMAT_VERSION,
     ContentStore,
     CorruptDataError,
     FileRef,
+    LocalFile,
     MissingChunkError,
     MissingPasswordError,
     StoreLockedError,
@@ -101,39 +103,94 @@ def test_round_trip(bank: Bank, tmp_path: Path, data: bytes, encryption: str) ->
         assert store.read_bytes(again) == data
 
 
-def test_iterable_input_and_unencrypted_digest_is_plain_blake3(bank: Bank, tmp_path: Path) -> None:
+def test_iterable_input_and_chunk_list_digest(bank: Bank, tmp_path: Path) -> None:
     data = text(1 << 20)
     with open_store(bank, tmp_path) as store:
         ref = store.write(data[i : i + 1000] for i in range(0, len(data), 1000))
-        assert ref.digest == blake3.blake3(data).hexdigest()
+        assert len(ref.chunks) > 1 and ref.digest_of == "chunks"
+        # A multi-chunk file's digest is the BLAKE3 of its chunk list (ids and sizes).
+        listed = blake3.blake3(b"tutela-chunk-list\0")
+        for cid, size in ref.chunks:
+            listed.update(bytes.fromhex(cid) + size.to_bytes(8, "little"))
+        assert ref.digest == listed.hexdigest()
+        assert FileRef.from_json(json.loads(json.dumps(ref.to_json()))) == ref
         assert store.read_bytes(ref) == data
+        # Same content, same chunks, same digest.
+        assert store.write_bytes(data) == ref
 
 
-def test_single_chunk_digest_is_plain_blake3_too(bank: Bank, tmp_path: Path) -> None:
+def test_single_chunk_digest_is_plain_blake3(bank: Bank, tmp_path: Path) -> None:
     with open_store(bank, tmp_path) as store:
         assert store.write_bytes(b"hello").digest == blake3.blake3(b"hello").hexdigest()
         assert store.write_bytes(b"").digest == blake3.blake3(b"").hexdigest()
 
 
-def test_write_many_pipelines_files_in_order(bank: Bank, tmp_path: Path) -> None:
-    for i in range(30):
-        (tmp_path / f"f{i:02d}").write_bytes(text(1000 * i, i) + rand(300_000 * (i % 3), i))
-    paths = sorted(tmp_path.glob("f*"))
-    sources: list = [(p.name, p) for p in paths]
-    sources.append(("stream", io.BytesIO(b"from a file object")))
-    sources.append(("blocks", [b"from ", b"blocks"]))
+def test_content_digest_references_still_read_and_checked(bank: Bank, tmp_path: Path) -> None:
+    """References written before `digest_of` (a whole-content digest) are checked as such."""
+    data = text(1 << 20, 3)
     with open_store(bank, tmp_path) as store:
-        refs = list(store.write_many(sources))
-        assert [k for k, _ in refs] == [k for k, _ in sources]
-        single = {p.name: store.write_file(p) for p in paths}
-        for (key, ref), path in zip(refs, paths, strict=False):
-            assert ref == single[key]
-            assert store.read_bytes(ref) == path.read_bytes()
-        assert store.read_bytes(refs[-2][1]) == b"from a file object"
-        assert store.read_bytes(refs[-1][1]) == b"from blocks"
+        ref = store.write_bytes(data)
+        old = {k: v for k, v in ref.to_json().items() if k != "digest_of"}
+        old["digest"] = blake3.blake3(data).hexdigest()
+        legacy = FileRef.from_json(old)
+        assert legacy.digest_of == "content"
+        assert store.read_bytes(legacy) == data
+        wrong = FileRef.from_json({**old, "digest": blake3.blake3(b"other").hexdigest()})
+        with pytest.raises(CorruptDataError, match="digest"):
+            store.read_bytes(wrong)
 
 
-def test_small_and_streamed_inputs_cut_alike() -> None:
+def test_altered_chunk_list_is_caught(bank: Bank, tmp_path: Path) -> None:
+    data = text(1 << 20, 4)
+    with open_store(bank, tmp_path) as store:
+        ref = store.write_bytes(data)
+        other = store.write_bytes(text(1 << 20, 5))
+        swapped = FileRef(ref.size, ref.digest, (other.chunks[0], *ref.chunks[1:]), "chunks")
+        with pytest.raises(CorruptDataError, match="digest"):
+            store.read_bytes(swapped)
+        with pytest.raises(ValueError, match="digest_of"):
+            FileRef.from_json({**ref.to_json(), "digest_of": "sha1"})
+
+
+def test_local_files_are_read_on_the_workers(bank: Bank, tmp_path: Path) -> None:
+    """Small `LocalFile`s are read by the pool: same refs as a plain path, the fstat taken
+    after the read recorded, an empty file, a file grown past one chunk since it was listed,
+    and a vanished file's error raised in order."""
+    files = {
+        "empty": b"",
+        "tiny": b"x",
+        "small": text(10_000, 1),
+        "edge": rand(16 * 1024, 2),  # exactly chunk_min: still one chunk
+        "large": rand(200_000, 3),  # past chunk_min: cut on the caller's thread
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    grown = tmp_path / "grown"
+    grown.write_bytes(b"seed")
+    sources = [LocalFile(str(tmp_path / n), len(d)) for n, d in files.items()]
+    grower = LocalFile(str(grown), 4)  # listed at 4 bytes ...
+    grown.write_bytes(rand(100_000, 4))  # ... 100 kB when read: more than one chunk
+    with open_store(bank, tmp_path) as store:
+        refs = dict(store.write_many([(s.path, s) for s in [*sources, grower]]))
+        for source in sources:
+            assert refs[source.path] == store.write_file(source.path)
+            assert store.read_bytes(refs[source.path]) == Path(source.path).read_bytes()
+            if source.size <= 16 * 1024:
+                assert source.stat is not None
+                assert source.stat.st_size == source.size
+        assert refs[sources[0].path].chunks == ()
+        assert len(refs[grower.path].chunks) > 1
+        assert store.read_bytes(refs[grower.path]) == grown.read_bytes()
+        assert grower.stat is not None and grower.stat.st_size == 100_000
+        gone = LocalFile(str(tmp_path / "gone"), 10)
+        seen = []
+        with pytest.raises(FileNotFoundError):
+            for key, _ in store.write_many([("a", sources[1]), ("gone", gone), ("b", sources[2])]):
+                seen.append(key)
+        assert seen == ["a"]
+
+
+def test_small_and_streamed_inputs_cut_alike(tmp_path: Path) -> None:
     from pyfastcdc import FastCDC
 
     from tutela.contentstore.chunker import Chunker, ChunkerParams
@@ -147,6 +204,29 @@ def test_small_and_streamed_inputs_cut_alike() -> None:
     ]
     assert list(chunker.chunks(io.BytesIO(data))) == expected
     assert list(chunker.chunks([data[i : i + 777] for i in range(0, len(data), 777)])) == (expected)
+    # A real file longer than max is streamed from its first byte, read straight into the
+    # chunker's buffer; a reader that returns a little at a time cuts the same.
+    path = tmp_path / "long"
+    path.write_bytes(data)
+    with path.open("rb") as fh:
+        assert list(chunker.chunks(fh)) == expected
+    with path.open("rb", buffering=0) as raw:
+        assert list(chunker.chunks(raw)) == expected
+
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.pos = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def, override]
+            n = min(len(b), 5000, len(data) - self.pos)
+            b[:n] = data[self.pos : self.pos + n]
+            self.pos += n
+            return n
+
+    assert list(chunker.chunks(Trickle())) == expected
     small = data[: 200 << 10]  # shorter than max: one buffer
     assert b"".join(chunker.chunks(io.BytesIO(small))) == small
 
@@ -283,6 +363,22 @@ def test_future_format_is_refused(bank: Bank, tmp_path: Path) -> None:
     section.put_json("config", doc)
     with pytest.raises(UnsupportedFormatError, match="version 99"):
         open_store(bank, tmp_path)
+
+
+def test_older_format_is_read_as_is_and_upgraded_by_the_first_write(
+    bank: Bank, tmp_path: Path
+) -> None:
+    with open_store(bank, tmp_path) as store:
+        old_ref = store.write_bytes(b"written by version 1")
+    section = bank.get_section("content")
+    doc = section.get_json("config")
+    section.put_json("config", {**doc, "version": 1})
+    with open_store(bank, tmp_path) as store:
+        assert store.read_bytes(old_ref) == b"written by version 1"
+        assert section.get_json("config")["version"] == 1  # reading changes nothing
+        store.write_bytes(text(1 << 20))
+        store.flush()
+    assert section.get_json("config") == {**doc, "version": FORMAT_VERSION}
 
 
 # -- encryption --------------------------------------------------------------------------

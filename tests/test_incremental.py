@@ -92,17 +92,26 @@ def test_file_changing_while_read_is_reported(make_provider, tmp_path, monkeypat
     src.mkdir()
     victim = src / "busy.log"
     victim.write_bytes(b"x" * 100_000)
-    from tutela.plugins import directory
+    real_stat, real_fstat = os.stat, os.fstat
 
-    real_stat = os.stat
+    def grow() -> None:
+        with open(victim, "ab") as fh:
+            fh.write(b"y")
 
+    # Every look at the file after the walk, by path or by open descriptor (a small file is
+    # read and checked on the content store's workers), finds it has grown.
     def moving_stat(path, *a, **kw):
-        if str(path) == str(victim):  # every look after the walk finds it has grown
-            with open(victim, "ab") as fh:
-                fh.write(b"y")
+        if str(path) == str(victim):
+            grow()
         return real_stat(path, *a, **kw)
 
-    monkeypatch.setattr(directory.os, "stat", moving_stat)
+    def moving_fstat(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(victim):
+            grow()
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "stat", moving_stat)
+    monkeypatch.setattr(os, "fstat", moving_fstat)
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     info = info_of(cp, src)

@@ -113,20 +113,23 @@ class Chunker:
     def chunks(self, stream: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
         """Yield the chunks of `stream` as fresh `bytes`.
 
-        A stream that ends within `max_size` bytes is cut in one buffer (pyfastcdc's stream
-        chunker allocates 2 x max_size per stream, which dominates for small files); longer
-        ones are cut streaming, holding about 2 x max_size of the stream in memory.
+        A stream that ends within `max_size` bytes is cut in one buffer; a longer one is cut
+        streaming, in a buffer of STREAM_BUFFER x max_size that it reads into directly.
         """
         read = getattr(stream, "read", None)
         if read is None:
             read = _IterReader(stream).read  # type: ignore[arg-type]
         limit = self.params.max_size
         # Reading a small file with read(limit) allocates `limit` bytes first: ask for its
-        # size instead (one byte more, to see the end).
+        # size instead (one byte more, to see the end).  A file known to be long is streamed
+        # from its first byte.
         first = limit
         with contextlib.suppress(AttributeError, OSError, ValueError):
             st = os.fstat(stream.fileno())  # type: ignore[union-attr]
             if stat.S_ISREG(st.st_mode):
+                if st.st_size > limit and hasattr(stream, "readinto"):
+                    yield from self._stream(stream.readinto, b"")  # type: ignore[union-attr]
+                    return
                 first = max(1, min(limit, st.st_size + 1))
         head = _read_upto(read, limit, first)
         if len(head) < limit:
@@ -138,8 +141,56 @@ class Chunker:
                 for chunk in self._cdc.cut_buf(head):
                     yield bytes(chunk.data)
             return
-        for chunk in self._cdc.cut_stream(_Prefixed(head, read)):
-            yield bytes(chunk.data)
+        readinto = getattr(stream, "readinto", None) or _readinto_from(read)
+        yield from self._stream(readinto, head)
+
+    def _stream(self, readinto: Callable[[memoryview], int | None], head: bytes) -> Iterator[bytes]:
+        """Cut a long stream: fill a buffer (after `head`, bytes already read), cut it, keep
+        the last chunk unless the stream ended (the buffer's end cut it, not its content:
+        every earlier boundary is final, as FastCDC cuts at the first match from a chunk's
+        start) and move it to the front.  Each byte is copied twice: by the kernel into the
+        buffer and into its chunk's `bytes` (pyfastcdc's stream chunker fed through read()
+        copied it five times)."""
+        buf = bytearray(max(STREAM_BUFFER * self.params.max_size, len(head)))
+        view = memoryview(buf)
+        view[: len(head)] = head
+        end = len(head)
+        eof = False
+        while True:
+            while end < len(buf):
+                n = readinto(view[end:])
+                if not n:
+                    eof = True
+                    break
+                end += n
+            if not end:
+                return
+            tail = 0
+            for chunk in self._cdc.cut_buf(view[:end]):
+                if not eof and chunk.offset + chunk.length == end:
+                    tail = chunk.length
+                    break
+                yield bytes(chunk.data)
+            if eof:
+                return
+            view[:tail] = view[end - tail : end]
+            end = tail
+
+
+#: The streaming chunker's buffer, in multiples of the maximum chunk size (at least 2, so
+#: that every refill adds at least a whole maximum chunk).
+STREAM_BUFFER = 3
+
+
+def _readinto_from(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:
+    """A readinto() over read(), for streams that have only the latter."""
+
+    def readinto(dest: memoryview) -> int:
+        block = read(len(dest))
+        dest[: len(block)] = block
+        return len(block)
+
+    return readinto
 
 
 def _read_upto(read: Callable[[int], bytes], limit: int, first: int) -> bytes:
@@ -157,17 +208,3 @@ def _read_upto(read: Callable[[int], bytes], limit: int, first: int) -> bytes:
         parts.append(block)
         have += len(block)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-class _Prefixed:
-    """A reader that returns `head` first, then the rest of the stream."""
-
-    def __init__(self, head: bytes, read: Callable[[int], bytes]):
-        self._head = memoryview(head)
-        self._read = read
-
-    def read(self, n: int) -> bytes:
-        if self._head:
-            out, self._head = self._head[:n], self._head[n:]
-            return bytes(out)
-        return self._read(n)

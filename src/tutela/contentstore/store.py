@@ -54,7 +54,9 @@ from tutela.errors import ConfigError, ObjectNotFound
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: a multi-chunk FileRef's digest may cover its chunk list (`digest_of`), which a version
+#: 1 reader would misread; the first writer of this version upgrades a version 1 store.
+FORMAT_VERSION = 2
 SECTION = "content_store"
 CONFIG_KEY = "config"
 PACK_PREFIX = "packs/"
@@ -145,29 +147,55 @@ class StoreSettings:
 # -- public records ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class FileRef:
-    """What a checkpoint records for one file: its chunks in order and a whole-content digest.
+    """What a checkpoint records for one file: its chunks in order and a digest.
 
-    `digest` is the BLAKE3 of the content (keyed in an encrypted store, so it reveals
-    nothing); `chunks` are (chunk id hex, raw size).  `to_json()` / `from_json()` round-trip.
+    `chunks` are (chunk id hex, raw size).  `digest` identifies the content: for a file of
+    at most one chunk it is the BLAKE3 of the content (the chunk's id: keyed in an encrypted
+    store, so it reveals nothing); for a longer file (`digest_of == "chunks"`) it is the same
+    hash over the chunk list (ids and sizes), which costs nothing to compute while every
+    chunk is checked against its id.  References written before version 1.1 carry a digest
+    of the whole content (`digest_of == "content"`), still checked as such on read.
+    `to_json()` / `from_json()` round-trip.
     """
 
     size: int
     digest: str
     chunks: tuple[tuple[str, int], ...]
+    digest_of: str = "content"
 
     def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "digest": self.digest, "chunks": [list(c) for c in self.chunks]}
+        out: dict[str, Any] = {
+            "size": self.size,
+            "digest": self.digest,
+            "chunks": [list(c) for c in self.chunks],
+        }
+        if self.digest_of != "content":
+            out["digest_of"] = self.digest_of
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileRef:
+        digest_of = str(data.get("digest_of", "content"))
+        if digest_of not in ("content", "chunks"):
+            raise ValueError(f"unknown digest_of {digest_of!r} in a file reference")
         return cls(
             int(data["size"]),
             str(data["digest"]),
             tuple((str(c), int(n)) for c, n in data["chunks"]),
+            digest_of,
         )
 
     def chunk_ids(self) -> set[str]:
         return {c for c, _ in self.chunks}
+
+
+def chunk_list_digest(keys: Keys, chunks: Iterable[tuple[str, int]]) -> str:
+    """The digest of a multi-chunk file: (keyed) BLAKE3 over its chunk ids and sizes."""
+    hasher = keys.hasher()
+    hasher.update(b"tutela-chunk-list\0")
+    for cid, size in chunks:
+        hasher.update(bytes.fromhex(cid) + size.to_bytes(8, "little"))
+    return str(hasher.hexdigest())
 
 
 @dataclass
@@ -210,26 +238,61 @@ class SweepReport:
 
 
 K = TypeVar("K")
-Source = str | os.PathLike[str] | BinaryIO | Iterable[bytes]
 _Prepared = tuple[bytes, bytes, bytes | None]  # chunk id, raw bytes, stored form or None
+
+
+class LocalFile:
+    """A regular file given by path and the size its caller saw (a `write_many` source).
+
+    A small one (one chunk: at most the chunker's minimum size) is read on the store's worker
+    threads, several per task, with one open, read, fstat and close each: reading then
+    overlaps hashing and compressing instead of queueing behind them on the caller's thread.
+    `stat` is set to the fstat taken right after the read (for the caller's changed-while-read
+    check); it stays None for a file read on the caller's thread.
+    """
+
+    __slots__ = ("path", "size", "stat")
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.size = size
+        self.stat: os.stat_result | None = None
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
+Source = str | os.PathLike[str] | LocalFile | BinaryIO | Iterable[bytes]
+
+
+class _TooBig:
+    """A small file that grew past one chunk before it was read: written on the caller's
+    thread instead."""
 
 
 class _Pending:
     """A file being written by write_many: its chunk list fills in as chunks commit."""
 
-    __slots__ = ("chunks", "first", "hasher", "key", "size")
+    __slots__ = ("chunks", "key", "size")
 
     def __init__(self, key: Any):
         self.key = key
-        self.hasher: Any = None  # made at the second chunk: one chunk's id is its digest
-        self.first: bytes | None = None
         self.chunks: list[tuple[str, int]] = []
         self.size = 0
+
+    def ref(self, keys: Keys) -> FileRef:
+        if len(self.chunks) > 1:
+            return FileRef(
+                self.size, chunk_list_digest(keys, self.chunks), tuple(self.chunks), "chunks"
+            )
+        if self.chunks:  # the id of the only chunk is the BLAKE3 of the content
+            return FileRef(self.size, self.chunks[0][0], tuple(self.chunks))
+        return FileRef(0, keys.hasher().hexdigest(), ())
 
 
 @contextlib.contextmanager
 def _opened(source: Source) -> Iterator[BinaryIO | Iterable[bytes]]:
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, str | os.PathLike | LocalFile):
         with open(source, "rb") as fh:
             yield fh
     else:
@@ -237,21 +300,18 @@ def _opened(source: Source) -> Iterator[BinaryIO | Iterable[bytes]]:
 
 
 class _Batch:
-    """Chunks handed to the thread pool as one task."""
+    """Chunks (`datas`) or small files (`files`) handed to the thread pool as one task."""
 
-    __slots__ = ("datas", "future", "size")
+    __slots__ = ("datas", "files", "future", "size")
 
     def __init__(self) -> None:
         self.datas: list[bytes] = []
+        self.files: list[LocalFile] = []
         self.size = 0
-        self.future: Future[list[_Prepared]] | None = None
+        self.future: Future[list[Any]] | None = None
 
-
-class _Upload:
-    __slots__ = ("data", "entries", "name")
-
-    def __init__(self, name: str, data: bytes, entries: PackEntries):
-        self.name, self.data, self.entries = name, data, entries
+    def __len__(self) -> int:
+        return len(self.datas) + len(self.files)
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -276,6 +336,7 @@ class ContentStore:
     ):
         self.section = section
         self.id: str = doc["id"]
+        self._doc = doc
         self.name = f"content store {section.prefix.rstrip('/') or '/'!r} ({self.id[:12]})"
         self.keys = keys
         self.settings = settings
@@ -303,7 +364,7 @@ class ContentStore:
         self._builder = PackBuilder()
         self._outstanding = 0  # packs sealed and not yet uploaded
         self._uploaded = threading.Condition(self._lock)
-        self._queue: queue.Queue[_Upload | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[PackBuilder | None] = queue.Queue(maxsize=2)
         self._unindexed: list[tuple[str, PackEntries]] = []
         self._unindexed_lock = threading.Lock()
         self._segment_lock = threading.Lock()
@@ -571,79 +632,98 @@ class ContentStore:
     def write_many(self, items: Iterable[tuple[K, Source]]) -> Iterator[tuple[K, FileRef]]:
         """Write many files through one pipeline; yields (key, FileRef) in input order.
 
-        A source is a path (opened and closed here), a binary file object or an iterable of
-        bytes.  Chunks of the next files are hashed and compressed while earlier ones are
-        finished, so many small files keep both cores busy (one `write()` per small file
-        waits for its one chunk).  Memory is bounded by the in-flight window.
+        A source is a path (opened and closed here), a `LocalFile`, a binary file object or
+        an iterable of bytes.  Chunks of the next files are hashed and compressed while
+        earlier ones are finished, and small `LocalFile`s are read on the worker threads too,
+        so many small files keep both cores busy.  Memory is bounded by the in-flight window.
         """
         self._check_usable()
         self._ensure_lock()
         # (file, batch, index in batch); batch None marks the end of a file.
         window: deque[tuple[_Pending, _Batch | None, int]] = deque()
-        batch: _Batch | None = None  # small chunks go to the pool together: fewer hops
+        chunks: _Batch | None = None  # small chunks go to the pool together: fewer hops
+        files: _Batch | None = None  # ... and so do small files, read there
+        small = self.params.min_size  # a file this small is one chunk, never cut
         inflight = 0
         inflight_bytes = 0
 
-        def submit() -> None:
-            nonlocal batch
-            if batch is not None:
-                batch.future = self._pool.submit(self._prepare_many, batch.datas)
-                batch = None
+        def submit(owner: _Batch | None) -> None:
+            nonlocal chunks, files
+            if owner is None or owner.future is not None:
+                return
+            if owner.files:
+                owner.future = self._pool.submit(self._prepare_files, owner.files)
+                files = None if owner is files else files
+            else:
+                owner.future = self._pool.submit(self._prepare_many, owner.datas)
+                chunks = None if owner is chunks else chunks
 
         def pop() -> tuple[K, FileRef] | None:
             nonlocal inflight, inflight_bytes
             state, owner, i = window.popleft()
             if owner is None:  # end of a file
-                if state.hasher is not None:
-                    digest = state.hasher.hexdigest()
-                elif state.chunks:  # the id of the only chunk is the BLAKE3 of the content
-                    digest = state.chunks[0][0]
-                else:
-                    digest = self.keys.hasher().hexdigest()
-                return state.key, FileRef(state.size, digest, tuple(state.chunks))
-            if owner.future is None:
-                submit()
+                return state.key, state.ref(self.keys)
+            submit(owner)
             assert owner.future is not None
             prepared = owner.future.result()[i]
             inflight -= 1
-            inflight_bytes -= len(prepared[1])
-            self._commit(*prepared, state.chunks)
+            if not owner.files:
+                inflight_bytes -= len(prepared[1])
+                self._commit(*prepared, state.chunks)
+                return None
+            inflight_bytes -= owner.files[i].size
+            if isinstance(prepared, BaseException):
+                raise prepared
+            if prepared is _TooBig:
+                self._write_inline(state, owner.files[i])
+            elif prepared is not None:  # None: an empty file
+                state.size = len(prepared[1])
+                self._commit(*prepared, state.chunks)
             return None
 
         try:
             for key, source in items:
                 state = _Pending(key)
-                with _opened(source) as stream:
-                    for data in self.chunker.chunks(stream):
-                        if state.first is None and state.hasher is None:
-                            state.first = data
-                        else:
-                            if state.hasher is None:
-                                state.hasher = self.keys.hasher()
-                                state.hasher.update(state.first)
-                                state.first = None
-                            state.hasher.update(data)
-                        state.size += len(data)
-                        if batch is None:
-                            batch = _Batch()
-                        window.append((state, batch, len(batch.datas)))
-                        batch.datas.append(data)
-                        batch.size += len(data)
-                        if batch.size >= BATCH_BYTES or len(batch.datas) >= BATCH_CHUNKS:
-                            submit()
-                        inflight += 1
-                        inflight_bytes += len(data)
-                        while inflight >= self._inflight or inflight_bytes > self._inflight_bytes:
-                            done = pop()
-                            if done is not None:
-                                yield done
-                state.first = None
+                if isinstance(source, LocalFile) and source.size <= small:
+                    if files is None:
+                        files = _Batch()
+                    window.append((state, files, len(files.files)))
+                    files.files.append(source)
+                    files.size += source.size
+                    if files.size >= BATCH_BYTES or len(files.files) >= BATCH_CHUNKS:
+                        submit(files)
+                    inflight += 1
+                    inflight_bytes += source.size
+                else:
+                    with _opened(source) as stream:
+                        for data in self.chunker.chunks(stream):
+                            state.size += len(data)
+                            if chunks is None:
+                                chunks = _Batch()
+                            window.append((state, chunks, len(chunks.datas)))
+                            chunks.datas.append(data)
+                            chunks.size += len(data)
+                            if chunks.size >= BATCH_BYTES or len(chunks.datas) >= BATCH_CHUNKS:
+                                submit(chunks)
+                            inflight += 1
+                            inflight_bytes += len(data)
+                            while (
+                                inflight >= self._inflight or inflight_bytes > self._inflight_bytes
+                            ):
+                                done = pop()
+                                if done is not None:
+                                    yield done
                 window.append((state, None, 0))
-                while window and window[0][1] is None:
+                while window and (
+                    window[0][1] is None
+                    or inflight >= self._inflight
+                    or inflight_bytes > self._inflight_bytes
+                ):
                     done = pop()
                     if done is not None:
                         yield done
-            submit()
+            submit(chunks)
+            submit(files)
             while window:
                 done = pop()
                 if done is not None:
@@ -652,6 +732,50 @@ class ContentStore:
             for _, owner, _ in window:
                 if owner is not None and owner.future is not None:
                     owner.future.cancel()
+
+    def _write_inline(self, state: _Pending, source: LocalFile) -> None:
+        """Write one file on the caller's thread, chunk by chunk (the rare small file that
+        grew past one chunk before a worker read it)."""
+        with _opened(source) as stream:
+            for data in self.chunker.chunks(stream):
+                state.size += len(data)
+                self._commit(*self._prepare(data), state.chunks)
+
+    def _prepare_files(self, files: list[LocalFile]) -> list[Any]:
+        """Worker-thread part for small files: read each (open, read, fstat, close) and
+        prepare its one chunk.  Per file: a `_Prepared`, None (empty), `_TooBig`, or the
+        exception to raise on the caller's thread, in order."""
+        out: list[Any] = []
+        limit = self.params.min_size
+        for f in files:
+            try:
+                fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    data = os.read(fd, f.size + 1)
+                    st = os.fstat(fd)
+                    if len(data) != st.st_size:  # it changed since the walk: read to its end
+                        parts = [data]
+                        have = len(data)
+                        while have <= limit:
+                            block = os.read(fd, limit + 1 - have)
+                            if not block:
+                                break
+                            parts.append(block)
+                            have += len(block)
+                        data = b"".join(parts)
+                        st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                f.stat = st
+                if len(data) > limit:
+                    out.append(_TooBig)
+                elif data:
+                    out.append(self._prepare(data))
+                else:
+                    out.append(None)
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def write_bytes(self, data: bytes) -> FileRef:
         return self.write([data])
@@ -692,16 +816,16 @@ class ContentStore:
         if self.on_bytes is not None:
             self.on_bytes(len(data))
 
-    def _seal_locked(self) -> _Upload | None:
+    def _seal_locked(self) -> PackBuilder | None:
         """Close the open pack; the caller queues it after releasing the lock (the uploader
-        needs the lock too)."""
+        needs the lock too) and the uploader seals it: joining and naming 16 MiB is work the
+        writing thread need not wait for."""
         if not len(self._builder):
             return None
         self._check_usable()
-        name, data, entries = self._builder.seal(self.keys.cipher)
-        self._builder = PackBuilder()
+        builder, self._builder = self._builder, PackBuilder()
         self._outstanding += 1
-        return _Upload(name, data, entries)
+        return builder
 
     def _wait_uploaded_locked(self) -> None:
         while self._outstanding:
@@ -723,16 +847,18 @@ class ContentStore:
                     self._outstanding -= 1
                     self._uploaded.notify_all()
 
-    def _upload(self, item: _Upload) -> None:
+    def _upload(self, builder: PackBuilder) -> None:
         # One bytes value (a pack is bounded by pack_size): object-store banks send it from
         # memory instead of spooling it to a temporary file first.
-        self.section.update_object(pack_key(item.name), item.data)
-        self._index.add_pack(item.name, item.entries)
+        name, data, entries = builder.seal(self.keys.cipher)
+        self.section.update_object(pack_key(name), data)
+        del data
+        self._index.add_pack(name, entries)
         with self._lock:
-            self._pending.difference_update(cid for cid, *_ in item.entries)
+            self._pending.difference_update(cid for cid, *_ in entries)
             self.stats.packs_written += 1
         with self._unindexed_lock:
-            self._unindexed.append((item.name, item.entries))
+            self._unindexed.append((name, entries))
             due = len(self._unindexed) >= SEGMENT_PACKS
         if due:
             self._write_segment()
@@ -900,10 +1026,17 @@ class ContentStore:
         when a chunk is not in the store.
         """
         self._check_usable()
+        # Every chunk is checked against its id (in _decode), so the content is right when
+        # the chunk list is: a digest of the list is checked up front, one of the content
+        # (references from before digest_of) as it streams.  One chunk's id is the digest.
         located = [(bytes.fromhex(c), n, self._locate(bytes.fromhex(c))) for c, n in ref.chunks]
-        # One chunk: its id, checked by _decode, is the content's digest.
-        single = ref.chunks[0][0] if len(ref.chunks) == 1 else None
-        hasher = self.keys.hasher()
+        if (len(ref.chunks) == 1 and ref.chunks[0][0] != ref.digest) or (
+            ref.digest_of == "chunks" and chunk_list_digest(self.keys, ref.chunks) != ref.digest
+        ):
+            raise CorruptDataError(f"{self.name}: file digest does not match its reference")
+        hasher = (
+            self.keys.hasher() if ref.digest_of == "content" and len(ref.chunks) != 1 else None
+        )
         # Runs of consecutive chunks in one pack are fetched with one request.
         runs: list[list[tuple[bytes, int, BlobEntry]]] = []
         for item in located:
@@ -930,14 +1063,14 @@ class ContentStore:
                         pack,
                         cid.hex(),
                     )
-                if single is None:
+                if hasher is not None:
                     hasher.update(raw)
                 with self._lock:
                     self.stats.bytes_restored += len(raw)
                 if self.on_bytes is not None:
                     self.on_bytes(len(raw))
                 yield raw
-        if (single or hasher.hexdigest()) != ref.digest:
+        if hasher is not None and hasher.hexdigest() != ref.digest:
             raise CorruptDataError(f"{self.name}: file digest does not match its reference")
 
     def read_bytes(self, ref: FileRef) -> bytes:
@@ -1172,6 +1305,7 @@ class ContentStore:
         with self._lock:
             if self._lock_written:
                 return
+            self._upgrade_format()
             self._write_lock(exclusive=False)
             try:
                 self._check_no_other_locks(exclusive=False)
@@ -1179,6 +1313,18 @@ class ContentStore:
                 self.section.delete_object(LOCK_PREFIX + self._lock_id)
                 self._lock_written = 0.0
                 raise
+
+    def _upgrade_format(self) -> None:
+        """Before the first write: raise an older store's format version to this code's, so
+        that older readers refuse what this version writes instead of misreading it."""
+        if self._doc["version"] >= FORMAT_VERSION:
+            return
+        doc = self._read_config(self.section, self.name) or self._doc
+        if doc["version"] < FORMAT_VERSION:
+            doc = {**doc, "version": FORMAT_VERSION}
+            self.section.put_json(CONFIG_KEY, doc)
+            log.info("%s: format upgraded to version %d", self.name, FORMAT_VERSION)
+        self._doc = doc
 
     def hold(self) -> None:
         """Announce this store as a writer before referring to chunks that already exist

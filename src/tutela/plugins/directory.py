@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tutela.contentstore import LocalFile
 from tutela.errors import ObjectNotFound, ResourceError, TutelaError
 from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
@@ -231,38 +232,46 @@ class ProtectDirectory(Operation):
             "read_bytes": 0,
         }
         skipped: list[str] = []
-        todo: dict[int, tuple[str, os.stat_result]] = {}
-        for rel, st in _walk(root, exclude):
-            full = os.path.join(root, rel)
-            mode = st.st_mode
-            entry: dict[str, Any] = {
-                "path": rel,
-                "mode": stat.S_IMODE(mode),
-                "mtime_ns": st.st_mtime_ns,
-            }
-            if stat.S_ISDIR(mode):
-                entry["type"] = "dir"
-                counts["directories"] += 1
-            elif stat.S_ISLNK(mode):
-                entry["type"] = "symlink"
-                entry["target"] = os.readlink(full)
-                counts["symlinks"] += 1
-            elif stat.S_ISREG(mode):
-                entry.update(type="file", size=st.st_size, ino=st.st_ino)
-                counts["files"] += 1
-                counts["bytes"] += st.st_size
-                prior = old.get(rel)
-                if _same_file(prior, st):
-                    entry["ref"] = prior["ref"]  # type: ignore[index]
-                    counts["reused_files"] += 1
-                else:
-                    todo[len(entries)] = (full, st)
-            else:
-                skipped.append(rel)
-                continue
-            entries.append(entry)
+        todo: dict[int, tuple[LocalFile, os.stat_result]] = {}
 
-        changed = self._store_files(store, entries, todo, counts, context)
+        def discover() -> Iterator[tuple[int, LocalFile]]:
+            """Walk the tree into `entries`; yield the files to read.  Lazily: the first
+            files are read and compressed while the walk goes on."""
+            for rel, st in _walk(root, exclude):
+                full = os.path.join(root, rel)
+                mode = st.st_mode
+                entry: dict[str, Any] = {
+                    "path": rel,
+                    "mode": stat.S_IMODE(mode),
+                    "mtime_ns": st.st_mtime_ns,
+                }
+                if stat.S_ISDIR(mode):
+                    entry["type"] = "dir"
+                    counts["directories"] += 1
+                elif stat.S_ISLNK(mode):
+                    entry["type"] = "symlink"
+                    entry["target"] = os.readlink(full)
+                    counts["symlinks"] += 1
+                elif stat.S_ISREG(mode):
+                    entry.update(type="file", size=st.st_size, ino=st.st_ino)
+                    counts["files"] += 1
+                    counts["bytes"] += st.st_size
+                    prior = old.get(rel)
+                    if _same_file(prior, st):
+                        entry["ref"] = prior["ref"]  # type: ignore[index]
+                        counts["reused_files"] += 1
+                    else:  # listed before it is handed over: its ref may come back at once
+                        index = len(entries)
+                        entries.append(entry)
+                        todo[index] = (LocalFile(full, st.st_size), st)
+                        yield index, todo[index][0]
+                        continue
+                else:
+                    skipped.append(rel)
+                    continue
+                entries.append(entry)
+
+        changed = self._store_files(store, entries, discover(), todo, counts, context)
         manifest = store.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
         store.flush()  # the chunks are durable before anything refers to them
         chunk_ids = {c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]}
@@ -286,24 +295,22 @@ class ProtectDirectory(Operation):
         section.put_json("metadata", info)
 
     @staticmethod
-    def _store_files(store, entries, todo, counts, context) -> list[str]:
+    def _store_files(store, entries, sources, todo, counts, context) -> list[str]:
         """Store new and changed files (pipelined); re-read once any file that changed while
         it was read.  Returns the files that changed on both reads."""
-
-        def sources():
-            for index, (full, _) in todo.items():
-                yield index, full
-
         again: dict[int, tuple[str, os.stat_result]] = {}
-        for index, ref in store.write_many(sources()):
-            full, before = todo[index]
+        for index, ref in store.write_many(sources):
+            source, before = todo.pop(index)
+            full = source.path
             entries[index]["ref"] = ref.to_json()
             counts["read_bytes"] += ref.size
             context.report_bytes(ref.size)
-            try:
-                after = os.stat(full, follow_symlinks=False)
-            except FileNotFoundError:
-                after = before
+            after = source.stat  # taken right after the read, when a worker read it
+            if after is None:
+                try:
+                    after = os.stat(full, follow_symlinks=False)
+                except FileNotFoundError:
+                    after = before
             if not _unchanged(before, after) or ref.size != before.st_size:
                 again[index] = (full, after)
         changed = []
