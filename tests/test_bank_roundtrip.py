@@ -28,14 +28,23 @@ def bank_sections(kind: str, request, tmp_path) -> dict[str, dict[str, str]]:
     service = request.getfixturevalue("swift_service")
     tag = f"rt{uuid.uuid4().hex[:10]}"
     if kind == "swift":
-        return {"swift_bank": {k: str(v) for k, v in service.swift_options(container=tag, **FAST_RETRY).items()}}
+        return {
+            "swift_bank": {
+                k: str(v) for k, v in service.swift_options(container=tag, **FAST_RETRY).items()
+            }
+        }
     opts = service.s3_options(bucket="tutela-tests", prefix=tag, **FAST_RETRY)
     return {"s3_bank": {k: str(v) for k, v in opts.items()}}
 
 
 def make_provider(kind: str, request, tmp_path, bank: dict | None = None) -> Provider:
     sections = {
-        "provider": {"id": f"rt-{kind}", "bank": kind, "plugin": "directory", "executor": "threads"},
+        "provider": {
+            "id": f"rt-{kind}",
+            "bank": kind,
+            "plugin": "directory",
+            "executor": "threads",
+        },
         "content_store": {"encryption": "aes-256-gcm", "pack_size": "4M"},
         **(bank or bank_sections(kind, request, tmp_path)),
     }

@@ -1034,9 +1034,7 @@ class ContentStore:
             ref.digest_of == "chunks" and chunk_list_digest(self.keys, ref.chunks) != ref.digest
         ):
             raise CorruptDataError(f"{self.name}: file digest does not match its reference")
-        hasher = (
-            self.keys.hasher() if ref.digest_of == "content" and len(ref.chunks) != 1 else None
-        )
+        hasher = self.keys.hasher() if ref.digest_of == "content" and len(ref.chunks) != 1 else None
         # Runs of consecutive chunks in one pack are fetched with one request.
         runs: list[list[tuple[bytes, int, BlobEntry]]] = []
         for item in located:
