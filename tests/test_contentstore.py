@@ -183,11 +183,26 @@ def test_local_files_are_read_on_the_workers(bank: Bank, tmp_path: Path) -> None
         assert store.read_bytes(refs[grower.path]) == grown.read_bytes()
         assert grower.stat is not None and grower.stat.st_size == 100_000
         gone = LocalFile(str(tmp_path / "gone"), 10)
+        big_gone = LocalFile(str(tmp_path / "big-gone"), 1 << 20)  # opened on this thread
         seen = []
         with pytest.raises(FileNotFoundError):
             for key, _ in store.write_many([("a", sources[1]), ("gone", gone), ("b", sources[2])]):
                 seen.append(key)
         assert seen == ["a"]
+        with pytest.raises(FileNotFoundError):
+            list(store.write_many([("big", big_gone)]))
+        items = [("a", sources[1]), ("gone", gone), ("big", big_gone), ("b", sources[2])]
+        # on_error decides: True leaves the file out, False raises.
+        errors: list[tuple[str, type]] = []
+
+        def left_out(key: str, error: OSError) -> bool:
+            errors.append((key, type(error)))
+            return True
+
+        assert [k for k, _ in store.write_many(items, on_error=left_out)] == ["a", "b"]
+        assert sorted(errors) == [("big", FileNotFoundError), ("gone", FileNotFoundError)]
+        with pytest.raises(FileNotFoundError):
+            list(store.write_many(items, on_error=lambda key, error: False))
 
 
 def test_small_and_streamed_inputs_cut_alike(tmp_path: Path) -> None:

@@ -118,6 +118,34 @@ def test_file_changing_while_read_is_reported(make_provider, tmp_path, monkeypat
     assert info["changed_while_read"] == ["busy.log"]
 
 
+@pytest.mark.parametrize("size", [10_000, 700_000])  # read on the store's workers / streamed
+def test_file_deleted_after_the_walk_is_left_out(make_provider, tmp_path, monkeypatch, size):
+    src = tree(tmp_path / "src", n=3)
+    (src / "a" / "victim.bin").write_bytes(os.urandom(size))
+    from tutela.plugins import directory
+
+    real_walk = directory._walk
+
+    def walk_then_delete(root, exclude):
+        for rel, st in real_walk(root, exclude):
+            if rel == "a/victim.bin":
+                os.unlink(os.path.join(root, rel))  # listed, and gone before it is read
+            yield rel, st
+
+    monkeypatch.setattr(directory, "_walk", walk_then_delete)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    info = info_of(cp, src)
+    assert info["vanished"] == ["a/victim.bin"]
+    assert info["files"] == 4
+    assert info["bytes"] == 3 * 50_000 + len("line\n" * 10_000)
+    out = tmp_path / "out"
+    provider.restore(cp.id, {DIR: {"target": str(out)}})
+    restored = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert restored == sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    assert "a/victim.bin" not in restored
+
+
 def test_verify_catches_a_flipped_bit(make_provider, tmp_path, capsys, env_config_dir):
     src = tree(tmp_path / "src", n=4)
     provider = make_provider()

@@ -273,12 +273,13 @@ class _TooBig:
 class _Pending:
     """A file being written by write_many: its chunk list fills in as chunks commit."""
 
-    __slots__ = ("chunks", "key", "size")
+    __slots__ = ("chunks", "key", "size", "skipped")
 
     def __init__(self, key: Any):
         self.key = key
         self.chunks: list[tuple[str, int]] = []
         self.size = 0
+        self.skipped = False  # could not be read and on_error said to leave it out
 
     def ref(self, keys: Keys) -> FileRef:
         if len(self.chunks) > 1:
@@ -629,13 +630,21 @@ class ContentStore:
     def write_file(self, path: str | os.PathLike[str]) -> FileRef:
         return self.write(Path(path))  # type: ignore[arg-type]
 
-    def write_many(self, items: Iterable[tuple[K, Source]]) -> Iterator[tuple[K, FileRef]]:
+    def write_many(
+        self,
+        items: Iterable[tuple[K, Source]],
+        on_error: Callable[[K, OSError], bool] | None = None,
+    ) -> Iterator[tuple[K, FileRef]]:
         """Write many files through one pipeline; yields (key, FileRef) in input order.
 
         A source is a path (opened and closed here), a `LocalFile`, a binary file object or
         an iterable of bytes.  Chunks of the next files are hashed and compressed while
         earlier ones are finished, and small `LocalFile`s are read on the worker threads too,
         so many small files keep both cores busy.  Memory is bounded by the in-flight window.
+
+        When a path or `LocalFile` cannot be opened (or a small one read), `on_error(key,
+        error)` decides: True leaves the file out (nothing is yielded for it), False (or no
+        `on_error`) raises the error.
         """
         self._check_usable()
         self._ensure_lock()
@@ -658,11 +667,16 @@ class ContentStore:
                 owner.future = self._pool.submit(self._prepare_many, owner.datas)
                 chunks = None if owner is chunks else chunks
 
+        def skip(state: _Pending, error: BaseException) -> None:
+            if not (isinstance(error, OSError) and on_error and on_error(state.key, error)):
+                raise error
+            state.skipped = True
+
         def pop() -> tuple[K, FileRef] | None:
             nonlocal inflight, inflight_bytes
             state, owner, i = window.popleft()
             if owner is None:  # end of a file
-                return state.key, state.ref(self.keys)
+                return None if state.skipped else (state.key, state.ref(self.keys))
             submit(owner)
             assert owner.future is not None
             prepared = owner.future.result()[i]
@@ -673,9 +687,15 @@ class ContentStore:
                 return None
             inflight_bytes -= owner.files[i].size
             if isinstance(prepared, BaseException):
-                raise prepared
-            if prepared is _TooBig:
-                self._write_inline(state, owner.files[i])
+                skip(state, prepared)
+            elif prepared is _TooBig:
+                try:
+                    fh = open(owner.files[i].path, "rb")  # noqa: SIM115 - closed just below
+                except OSError as exc:
+                    skip(state, exc)
+                else:
+                    with fh:
+                        self._write_inline(state, fh)
             elif prepared is not None:  # None: an empty file
                 state.size = len(prepared[1])
                 self._commit(*prepared, state.chunks)
@@ -695,7 +715,12 @@ class ContentStore:
                     inflight += 1
                     inflight_bytes += source.size
                 else:
-                    with _opened(source) as stream:
+                    with contextlib.ExitStack() as opened:
+                        try:
+                            stream = opened.enter_context(_opened(source))
+                        except OSError as exc:
+                            skip(state, exc)
+                            stream = ()
                         for data in self.chunker.chunks(stream):
                             state.size += len(data)
                             if chunks is None:
@@ -733,13 +758,12 @@ class ContentStore:
                 if owner is not None and owner.future is not None:
                     owner.future.cancel()
 
-    def _write_inline(self, state: _Pending, source: LocalFile) -> None:
+    def _write_inline(self, state: _Pending, stream: BinaryIO) -> None:
         """Write one file on the caller's thread, chunk by chunk (the rare small file that
         grew past one chunk before a worker read it)."""
-        with _opened(source) as stream:
-            for data in self.chunker.chunks(stream):
-                state.size += len(data)
-                self._commit(*self._prepare(data), state.chunks)
+        for data in self.chunker.chunks(stream):
+            state.size += len(data)
+            self._commit(*self._prepare(data), state.chunks)
 
     def _prepare_files(self, files: list[LocalFile]) -> list[Any]:
         """Worker-thread part for small files: read each (open, read, fstat, close) and

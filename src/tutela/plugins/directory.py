@@ -88,6 +88,7 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "read_bytes": {"type": "integer", "minimum": 0},
         "previous_checkpoint": {"type": ["string", "null"]},
         "changed_while_read": {"type": "array", "items": {"type": "string"}},
+        "vanished": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["path", "files", "bytes"],
 }
@@ -271,7 +272,12 @@ class ProtectDirectory(Operation):
                     continue
                 entries.append(entry)
 
-        changed = self._store_files(store, entries, discover(), todo, counts, context)
+        changed, vanished = self._store_files(store, entries, discover(), todo, counts, context)
+        gone = [entries[i] for i in sorted(vanished)]
+        if vanished:
+            entries = [e for i, e in enumerate(entries) if i not in vanished]
+            counts["files"] -= len(gone)
+            counts["bytes"] -= sum(e["size"] for e in gone)
         manifest = store.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
         store.flush()  # the chunks are durable before anything refers to them
         chunk_ids = {c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]}
@@ -286,6 +292,12 @@ class ProtectDirectory(Operation):
         }
         if skipped:
             info["skipped"] = skipped
+        if gone:
+            info["vanished"] = [e["path"] for e in gone]
+            context.progress.message(
+                f"{resource.key}: {len(gone)} file(s) were deleted while the tree was read, "
+                "left out: " + ", ".join(e["path"] for e in gone[:5])
+            )
         if changed:
             info["changed_while_read"] = changed
             context.progress.message(
@@ -295,11 +307,22 @@ class ProtectDirectory(Operation):
         section.put_json("metadata", info)
 
     @staticmethod
-    def _store_files(store, entries, sources, todo, counts, context) -> list[str]:
+    def _store_files(store, entries, sources, todo, counts, context) -> tuple[list[str], set[int]]:
         """Store new and changed files (pipelined); re-read once any file that changed while
-        it was read.  Returns the files that changed on both reads."""
+        it was read.  Returns the files that changed on both reads, and the entries of files
+        deleted since the walk listed them (left out, like files deleted just before it;
+        any other error reading a file fails the protect)."""
+        vanished: set[int] = set()
+
+        def gone(index: int, error: OSError) -> bool:
+            if not isinstance(error, FileNotFoundError):
+                return False
+            vanished.add(index)
+            todo.pop(index, None)
+            return True
+
         again: dict[int, tuple[str, os.stat_result]] = {}
-        for index, ref in store.write_many(sources):
+        for index, ref in store.write_many(sources, on_error=gone):
             source, before = todo.pop(index)
             full = source.path
             entries[index]["ref"] = ref.to_json()
@@ -309,14 +332,21 @@ class ProtectDirectory(Operation):
             if after is None:
                 try:
                     after = os.stat(full, follow_symlinks=False)
-                except FileNotFoundError:
+                except FileNotFoundError:  # deleted after it was read: what was read stands
                     after = before
             if not _unchanged(before, after) or ref.size != before.st_size:
                 again[index] = (full, after)
         changed = []
         for index, (full, before) in again.items():
-            ref = store.write_file(full)
-            after = os.stat(full, follow_symlinks=False)
+            try:
+                ref = store.write_file(full)
+            except FileNotFoundError as exc:
+                gone(index, exc)
+                continue
+            try:
+                after = os.stat(full, follow_symlinks=False)
+            except FileNotFoundError:
+                after = before
             entry = entries[index]
             entry.update(
                 ref=ref.to_json(), size=ref.size, mtime_ns=after.st_mtime_ns, ino=after.st_ino
@@ -325,7 +355,7 @@ class ProtectDirectory(Operation):
             if not _unchanged(before, after) or ref.size != after.st_size:
                 entry["changed_while_read"] = True
                 changed.append(entry["path"])
-        return changed
+        return changed, vanished
 
 
 def _safe_rel(rel: str) -> str:
