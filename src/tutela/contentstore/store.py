@@ -303,13 +303,14 @@ def _opened(source: Source) -> Iterator[BinaryIO | Iterable[bytes]]:
 class _Batch:
     """Chunks (`datas`) or small files (`files`) handed to the thread pool as one task."""
 
-    __slots__ = ("datas", "files", "future", "size")
+    __slots__ = ("datas", "files", "future", "result", "size")
 
     def __init__(self) -> None:
         self.datas: list[bytes] = []
         self.files: list[LocalFile] = []
         self.size = 0
         self.future: Future[list[Any]] | None = None
+        self.result: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.datas) + len(self.files)
@@ -679,7 +680,15 @@ class ContentStore:
                 return None if state.skipped else (state.key, state.ref(self.keys))
             submit(owner)
             assert owner.future is not None
-            prepared = owner.future.result()[i]
+            if owner.result is None:
+                # Small files still queued are read here rather than waited for: the caller
+                # has nothing else to do then (it would take ~8% longer over many files).
+                # Chunks are not: the caller has the next file to read meanwhile.
+                if owner.files and owner.future.cancel():
+                    owner.result = self._prepare_files(owner.files)
+                else:
+                    owner.result = owner.future.result()
+            prepared = owner.result[i]
             inflight -= 1
             if not owner.files:
                 inflight_bytes -= len(prepared[1])
