@@ -6,8 +6,10 @@ Filesystem banks live under tmp_path; Swift and S3 banks talk to the Swift all-i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -444,6 +446,54 @@ def test_racing_owners_exactly_one_wins(bank_factory: Factory) -> None:
 
 
 # -- bank-specific: large objects -------------------------------------------------------------
+def _resident_bytes(path) -> int:
+    """Bytes of a file in the page cache (util-linux `fincore`)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["o_direct", "o_direct_refused"])
+def test_filesystem_large_objects_bypass_the_page_cache(tmp_path, monkeypatch, refused) -> None:
+    """With fsync on, an object of DIRECT_FROM bytes or more is written with O_DIRECT from an
+    aligned buffer (odd sizes padded, then cut back), leaving nothing in the page cache; a
+    filesystem that refuses O_DIRECT gets ordinary writes, and is asked once."""
+    from tutela.bank import filesystem
+
+    real_open = os.open
+    direct_opens = []
+
+    def counting_open(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            direct_opens.append(path)
+            if refused:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(filesystem.os, "open", counting_open)
+    bank = Bank(FilesystemBank(root=tmp_path / "bank"))  # fsync on, as configured by default
+    piece, block = filesystem.DIRECT_PIECE, filesystem.DIRECT_BLOCK
+    sizes = [filesystem.DIRECT_FROM, filesystem.DIRECT_FROM + 1, piece, piece + block + 7]
+    sizes.append(2 * piece + 3)
+    for n in sizes:
+        data = os.urandom(n)
+        bank.update_object(f"o/{n}", data)
+        bank.update_object(f"o/{n}", data[::-1])  # an overwrite replaces it whole
+        path = tmp_path / "bank" / "objects" / "o" / str(n)
+        assert path.stat().st_size == n
+        if not refused:
+            assert _resident_bytes(path) < block  # it went to the disk, not the page cache
+        assert bank.get_object(f"o/{n}") == data[::-1]
+    bank.update_object("o/small", b"x" * 1000)  # small objects: ordinary writes
+    assert len(direct_opens) == (1 if refused else 2 * len(sizes))
+    leftovers = [p for p in (tmp_path / "bank").rglob("*") if filesystem._TMP_MARK in p.name]
+    assert leftovers == []
+
+
 @pytest.mark.swift
 def test_swift_segmented_upload_and_delete(swift_service) -> None:
     from tutela.bank.swift import SwiftBank

@@ -14,10 +14,12 @@ under `<root>/leases/`, read and replaced under an flock so that two owners neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import mmap
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -44,6 +46,26 @@ SECTION = "filesystem_bank"
 _TMP_MARK = ".tutela-tmp-"
 #: Objects at least this large written in one piece get their space allocated first.
 PREALLOCATE_FROM = 1 << 20
+#: ... and, when the bank fsyncs, are written around the page cache (O_DIRECT), through one
+#: page-aligned buffer of DIRECT_PIECE bytes per thread, in multiples of DIRECT_BLOCK.
+DIRECT_FROM = 1 << 20
+DIRECT_PIECE = 8 << 20
+DIRECT_BLOCK = 4096
+
+
+class _DirectBuffer(threading.local):
+    """One page-aligned buffer per writing thread, made once and reused, so that its pages
+    are never fresh (a fresh page costs its first touch, which on a virtual machine is
+    dearer than the copy)."""
+
+    def get(self) -> mmap.mmap:
+        buf: mmap.mmap | None = getattr(self, "buf", None)
+        if buf is None:
+            buf = self.buf = mmap.mmap(-1, DIRECT_PIECE)
+        return buf
+
+
+_direct_buffer = _DirectBuffer()
 
 
 class FilesystemBank(BankPlugin):
@@ -85,6 +107,7 @@ class FilesystemBank(BankPlugin):
             raise BankError(f"filesystem bank: root {str(self.root)!r} is not writable")
         self._owner_id = make_owner_id()
         self._renewed: dict[str, float] = {}
+        self._direct = self.fsync  # until the filesystem refuses O_DIRECT
 
     def describe(self) -> str:
         return f"filesystem bank at {self.root}"
@@ -111,7 +134,11 @@ class FilesystemBank(BankPlugin):
         finally:
             os.close(fd)
 
-    def _write(self, key: str, blocks: Iterable[bytes], size: int | None = None) -> int:
+    def _write(
+        self, key: str, blocks: Iterable[bytes], size: int | None = None, value: bytes | None = None
+    ) -> int:
+        """Write an object atomically: a temp file, fsynced, renamed into place, the folder
+        fsynced.  `value` is the whole object when it is one bytes value."""
         path = self._path(key)
         parent = path.parent
         try:
@@ -123,17 +150,21 @@ class FilesystemBank(BankPlugin):
         tmp = parent / f"{_TMP_MARK}{uuid.uuid4().hex}"
         written = 0
         try:
-            with open(tmp, "xb") as fh:
-                if size is not None and size >= PREALLOCATE_FROM:
-                    # Space allocated up front: the kernel's cost of writing a large object
-                    # halves here (ext4), and a full disk fails before any byte is written.
-                    os.posix_fallocate(fh.fileno(), 0, size)
-                for block in blocks:
-                    fh.write(block)
-                    written += len(block)
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if value is not None and len(value) >= DIRECT_FROM and self._write_direct(tmp, value):
+                written = len(value)
+            else:
+                with open(tmp, "xb") as fh:
+                    if size is not None and size >= PREALLOCATE_FROM:
+                        # Space allocated up front: the kernel's cost of writing a large
+                        # object halves here (ext4), and a full disk fails before any byte
+                        # is written.
+                        os.posix_fallocate(fh.fileno(), 0, size)
+                    for block in blocks:
+                        fh.write(block)
+                        written += len(block)
+                    if self.fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -142,9 +173,57 @@ class FilesystemBank(BankPlugin):
         self._fsync_dir(parent)
         return written
 
+    def _write_direct(self, tmp: Path, value: bytes) -> bool:
+        """Write a large object around the page cache (O_DIRECT), then fsync it.
+
+        The bytes go to the disk from a reused aligned buffer: no copy into freshly allocated
+        page-cache pages, which here cost 5-15x the CPU of the whole direct write (and
+        evict the data being protected).  The last piece is padded to DIRECT_BLOCK and the
+        file cut back to its size.  Returns False, having written nothing, when the
+        filesystem refuses O_DIRECT (then the bank stops trying).  Only when the bank
+        fsyncs: the data must reach the disk before the call returns anyway.
+        """
+        if not self._direct:
+            return False
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0)
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            self._direct = False
+            return False
+        try:
+            os.posix_fallocate(fd, 0, len(value))
+            buf = _direct_buffer.get()
+            data = memoryview(value)
+            offset = 0
+            while offset < len(data):
+                piece = data[offset : offset + len(buf)]
+                n = len(piece)
+                buf[:n] = piece
+                padded = -(-n // DIRECT_BLOCK) * DIRECT_BLOCK
+                buf[n:padded] = bytes(padded - n)
+                out = memoryview(buf)[:padded]
+                try:
+                    done = 0
+                    while done < padded:
+                        done += os.pwrite(fd, out[done:], offset + done)
+                finally:
+                    out.release()
+                offset += n
+            if len(data) % DIRECT_BLOCK:
+                os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
     def update_object(self, key: str, value: bytes | str) -> None:
         data = ensure_bytes(value)
-        self._write(key, [data], len(data))
+        self._write(key, [data], len(data), data)
 
     def update_object_stream(self, key: str, stream: Iterable[bytes] | BinaryIO) -> int:
         return self._write(key, iter_stream(stream))
