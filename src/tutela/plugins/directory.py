@@ -235,44 +235,42 @@ class ProtectDirectory(Operation):
         skipped: list[str] = []
         todo: dict[int, tuple[LocalFile, os.stat_result]] = {}
 
-        def discover() -> Iterator[tuple[int, LocalFile]]:
-            """Walk the tree into `entries`; yield the files to read.  Lazily: the first
-            files are read and compressed while the walk goes on."""
-            for rel, st in _walk(root, exclude):
-                full = os.path.join(root, rel)
-                mode = st.st_mode
-                entry: dict[str, Any] = {
-                    "path": rel,
-                    "mode": stat.S_IMODE(mode),
-                    "mtime_ns": st.st_mtime_ns,
-                }
-                if stat.S_ISDIR(mode):
-                    entry["type"] = "dir"
-                    counts["directories"] += 1
-                elif stat.S_ISLNK(mode):
-                    entry["type"] = "symlink"
-                    entry["target"] = os.readlink(full)
-                    counts["symlinks"] += 1
-                elif stat.S_ISREG(mode):
-                    entry.update(type="file", size=st.st_size, ino=st.st_ino)
-                    counts["files"] += 1
-                    counts["bytes"] += st.st_size
-                    prior = old.get(rel)
-                    if _same_file(prior, st):
-                        entry["ref"] = prior["ref"]  # type: ignore[index]
-                        counts["reused_files"] += 1
-                    else:  # listed before it is handed over: its ref may come back at once
-                        index = len(entries)
-                        entries.append(entry)
-                        todo[index] = (LocalFile(full, st.st_size), st)
-                        yield index, todo[index][0]
-                        continue
+        # The whole tree is listed before any file is read.  Interleaving the two was
+        # slower: with the store's threads busy, each of the walk's many lstat calls gives
+        # up the interpreter lock and waits to get it back (a first protect of 20,000 small
+        # files took 2.34 s against 2.19 s median).
+        for rel, st in _walk(root, exclude):
+            full = os.path.join(root, rel)
+            mode = st.st_mode
+            entry: dict[str, Any] = {
+                "path": rel,
+                "mode": stat.S_IMODE(mode),
+                "mtime_ns": st.st_mtime_ns,
+            }
+            if stat.S_ISDIR(mode):
+                entry["type"] = "dir"
+                counts["directories"] += 1
+            elif stat.S_ISLNK(mode):
+                entry["type"] = "symlink"
+                entry["target"] = os.readlink(full)
+                counts["symlinks"] += 1
+            elif stat.S_ISREG(mode):
+                entry.update(type="file", size=st.st_size, ino=st.st_ino)
+                counts["files"] += 1
+                counts["bytes"] += st.st_size
+                prior = old.get(rel)
+                if _same_file(prior, st):
+                    entry["ref"] = prior["ref"]  # type: ignore[index]
+                    counts["reused_files"] += 1
                 else:
-                    skipped.append(rel)
-                    continue
-                entries.append(entry)
+                    todo[len(entries)] = (LocalFile(full, st.st_size), st)
+            else:
+                skipped.append(rel)
+                continue
+            entries.append(entry)
 
-        changed, vanished = self._store_files(store, entries, discover(), todo, counts, context)
+        sources = ((index, todo[index][0]) for index in list(todo))
+        changed, vanished = self._store_files(store, entries, sources, todo, counts, context)
         gone = [entries[i] for i in sorted(vanished)]
         if vanished:
             entries = [e for i, e in enumerate(entries) if i not in vanished]
