@@ -197,8 +197,11 @@ class ProtectDirectory(Operation):
         if not os.path.isdir(root):
             raise ResourceError(f"{TYPE} {root!r} no longer exists")
         section = checkpoint.bank_section
-        store = context.content_store
-        store.hold()  # before taking over chunks of an earlier checkpoint
+        # Opening the store derives its key (scrypt: tens of ms, without the interpreter
+        # lock): on a first protect it runs while the tree is listed.
+        opener = ThreadPoolExecutor(1, thread_name_prefix="tutela-open-store")
+        opening = opener.submit(lambda: context.content_store)
+        opener.shutdown(wait=False)
         exclude = {p.strip("/") for p in parameters.get("exclude", [])}
         # Files that are resources of their own in this graph (e.g. a SQLite database under
         # the folder) are protected by their own plugin, consistently; not copied raw here.
@@ -211,6 +214,8 @@ class ProtectDirectory(Operation):
         previous = context.previous_checkpoint(resource)
         old: dict[str, dict[str, Any]] = {}
         if previous is not None:
+            store = opening.result()
+            store.hold()  # before taking over chunks of an earlier checkpoint
             old = {
                 e["path"]: e
                 for e in read_manifest(previous.resource_section(resource, writable=False), store)
@@ -270,6 +275,8 @@ class ProtectDirectory(Operation):
             entries.append(entry)
 
         sources = ((index, todo[index][0]) for index in list(todo))
+        store = opening.result()
+        store.hold()
         changed, vanished = self._store_files(store, entries, sources, todo, counts, context)
         gone = [entries[i] for i in sorted(vanished)]
         if vanished:
