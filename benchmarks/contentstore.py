@@ -103,7 +103,7 @@ def child(args: argparse.Namespace) -> None:
     from tutela.bank import Bank
     from tutela.bank.filesystem import FilesystemBank
     from tutela.config import ProviderConfig
-    from tutela.contentstore import ContentStore, FileRef
+    from tutela.contentstore import ContentStore, FileRef, LocalFile
 
     cfg = ProviderConfig.from_dict(
         {
@@ -116,12 +116,16 @@ def child(args: argparse.Namespace) -> None:
     )
     bank = Bank(FilesystemBank(root=Path(args.bank) / "bank"))
     paths = files_of(Path(args.data))
+    if args.child == "write":
+        sources = [(p, LocalFile(str(p), p.stat().st_size)) for p in paths]
     refs_path = Path(args.bank) / "refs.json"
     t0 = time.perf_counter()
     store = ContentStore.open(bank.get_section("content"), cfg, password="benchmark")
     moved = 0
     if args.child == "write":
-        refs = {str(p): ref.to_json() for p, ref in store.write_many((p, p) for p in paths)}
+        # As Tutela::Directory does: the tree listed first, then LocalFile sources, so that
+        # small files are read on the store's threads.
+        refs = {str(p): ref.to_json() for p, ref in store.write_many(sources)}
         store.flush()
         refs_path.write_text(json.dumps(refs))
     else:
