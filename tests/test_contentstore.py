@@ -203,6 +203,11 @@ def test_local_files_are_read_on_the_workers(bank: Bank, tmp_path: Path) -> None
         assert sorted(errors) == [("big", FileNotFoundError), ("gone", FileNotFoundError)]
         with pytest.raises(FileNotFoundError):
             list(store.write_many(items, on_error=lambda key, error: False))
+        # A FIFO put where a small file was listed is refused, not read as empty (or waited on).
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        with pytest.raises(OSError, match="no longer a regular file"):
+            list(store.write_many([("fifo", LocalFile(str(fifo), 10))]))
 
 
 def test_small_and_streamed_inputs_cut_alike(tmp_path: Path) -> None:

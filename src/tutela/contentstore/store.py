@@ -8,10 +8,12 @@ are packed into packs, packs are uploaded, then an index segment naming them is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import logging
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -311,9 +313,6 @@ class _Batch:
         self.size = 0
         self.future: Future[list[Any]] | None = None
         self.result: list[Any] | None = None
-
-    def __len__(self) -> int:
-        return len(self.datas) + len(self.files)
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -782,10 +781,13 @@ class ContentStore:
         limit = self.params.min_size
         for f in files:
             try:
-                fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+                # O_NONBLOCK: a FIFO put in a file's place fails instead of hanging.
+                fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
                     data = os.read(fd, f.size + 1)
                     st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise OSError(errno.EINVAL, "no longer a regular file", f.path)
                     if len(data) != st.st_size:  # it changed since the walk: read to its end
                         parts = [data]
                         have = len(data)
