@@ -463,6 +463,43 @@ def test_key_file(bank: Bank, tmp_path: Path) -> None:
         open_store(bank, tmp_path)
 
 
+@pytest.mark.parametrize("algorithm", ["aes-256-gcm", "chacha20-poly1305"])
+def test_nonces_never_repeat_across_threads_objects_and_fork(algorithm: str) -> None:
+    from tutela.contentstore.crypto import NONCE, AeadCipher
+
+    key = os.urandom(32)
+    cipher, other = AeadCipher(algorithm, key), AeadCipher(algorithm, key)
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = [cipher.encrypt(b"x", b"aad")[:NONCE] for _ in range(2000)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen.extend(other.encrypt(b"x", b"aad")[:NONCE] for _ in range(2000))
+    # A forked child must not continue the parent's counter.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, b"".join(cipher.encrypt(b"x", b"aad")[:NONCE] for _ in range(100)))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    seen.extend(child[i : i + NONCE] for i in range(0, len(child), NONCE))
+    seen.extend(cipher.encrypt(b"x", b"aad")[:NONCE] for _ in range(100))
+    assert len(seen) == 8000 + 2000 + 100 + 100
+    assert len(set(seen)) == len(seen)
+    assert cipher.decrypt(cipher.encrypt(b"secret", b"aad"), b"aad") == b"secret"
+
+
 def test_encryption_cannot_be_asked_of_a_plain_store(bank: Bank, tmp_path: Path) -> None:
     open_store(bank, tmp_path).close()
     with pytest.raises(ConfigError, match="not encrypted"):
