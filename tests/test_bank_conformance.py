@@ -457,24 +457,40 @@ def _resident_bytes(path) -> int:
     return int(out.stdout.strip())
 
 
-@pytest.mark.parametrize("refused", [False, True], ids=["o_direct", "o_direct_refused"])
+@pytest.mark.parametrize("refused", ["", "at_open", "at_write"])
 def test_filesystem_large_objects_bypass_the_page_cache(tmp_path, monkeypatch, refused) -> None:
     """With fsync on, an object of DIRECT_FROM bytes or more is written with O_DIRECT from an
     aligned buffer (odd sizes padded, then cut back), leaving nothing in the page cache; a
-    filesystem that refuses O_DIRECT gets ordinary writes, and is asked once."""
+    filesystem that refuses O_DIRECT (at the open, or at a write: another alignment) gets
+    ordinary writes, and is asked once."""
     from tutela.bank import filesystem
 
-    real_open = os.open
+    real_open, real_pwrite, real_close = os.open, os.pwrite, os.close
     direct_opens = []
+    direct_fds: set[int] = set()  # open O_DIRECT descriptors
 
     def counting_open(path, flags, *args, **kwargs):
         if flags & os.O_DIRECT:
             direct_opens.append(path)
-            if refused:
+            if refused == "at_open":
                 raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args, **kwargs)
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def refusing_pwrite(fd, data, offset):
+        if refused == "at_write" and fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    def tracking_close(fd):
+        direct_fds.discard(fd)
+        return real_close(fd)
 
     monkeypatch.setattr(filesystem.os, "open", counting_open)
+    monkeypatch.setattr(filesystem.os, "pwrite", refusing_pwrite)
+    monkeypatch.setattr(filesystem.os, "close", tracking_close)
     bank = Bank(FilesystemBank(root=tmp_path / "bank"))  # fsync on, as configured by default
     piece, block = filesystem.DIRECT_PIECE, filesystem.DIRECT_BLOCK
     sizes = [filesystem.DIRECT_FROM, filesystem.DIRECT_FROM + 1, piece, piece + block + 7]
@@ -490,6 +506,7 @@ def test_filesystem_large_objects_bypass_the_page_cache(tmp_path, monkeypatch, r
         assert bank.get_object(f"o/{n}") == data[::-1]
     bank.update_object("o/small", b"x" * 1000)  # small objects: ordinary writes
     assert len(direct_opens) == (1 if refused else 2 * len(sizes))
+    assert direct_fds == set()  # every direct descriptor was closed
     leftovers = [p for p in (tmp_path / "bank").rglob("*") if filesystem._TMP_MARK in p.name]
     assert leftovers == []
 

@@ -179,47 +179,60 @@ class FilesystemBank(BankPlugin):
         The bytes go to the disk from a reused aligned buffer: no copy into freshly allocated
         page-cache pages, which here cost 5-15x the CPU of the whole direct write (and
         evict the data being protected).  The last piece is padded to DIRECT_BLOCK and the
-        file cut back to its size.  Returns False, having written nothing, when the
-        filesystem refuses O_DIRECT (then the bank stops trying).  Only when the bank
+        file cut back to its size.  Returns False, having left nothing behind, when the
+        filesystem refuses O_DIRECT at the open or at a write (then the bank stops trying).  Only when the bank
         fsyncs: the data must reach the disk before the call returns anyway.
         """
-        if not self._direct:
+        if not self._direct or not hasattr(os, "O_DIRECT"):
             return False
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
         try:
             fd = os.open(tmp, flags, 0o644)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            self._direct = False
-            return False
+            return self._refuse_direct(tmp)
+        refused = False
         try:
             os.posix_fallocate(fd, 0, len(value))
-            buf = _direct_buffer.get()
-            data = memoryview(value)
-            offset = 0
-            while offset < len(data):
-                piece = data[offset : offset + len(buf)]
-                n = len(piece)
-                buf[:n] = piece
-                padded = -(-n // DIRECT_BLOCK) * DIRECT_BLOCK
-                buf[n:padded] = bytes(padded - n)
-                out = memoryview(buf)[:padded]
-                try:
-                    done = 0
-                    while done < padded:
-                        done += os.pwrite(fd, out[done:], offset + done)
-                finally:
-                    out.release()
-                offset += n
-            if len(data) % DIRECT_BLOCK:
-                os.ftruncate(fd, len(data))
+            self._pwrite_aligned(fd, memoryview(value))
+            if len(value) % DIRECT_BLOCK:
+                os.ftruncate(fd, len(value))
             os.fsync(fd)
+        except OSError as exc:  # EINVAL: the device wants another alignment
+            if exc.errno != errno.EINVAL:
+                raise
+            refused = True
         finally:
             os.close(fd)
-        return True
+        return self._refuse_direct(tmp) if refused else True
+
+    def _refuse_direct(self, tmp: Path) -> bool:
+        """The filesystem refused O_DIRECT: drop what was written and stop trying."""
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        self._direct = False
+        return False
+
+    @staticmethod
+    def _pwrite_aligned(fd: int, data: memoryview) -> None:
+        """Write `data` through the thread's aligned buffer, the last piece padded."""
+        buf = _direct_buffer.get()
+        offset = 0
+        while offset < len(data):
+            piece = data[offset : offset + len(buf)]
+            n = len(piece)
+            buf[:n] = piece
+            padded = -(-n // DIRECT_BLOCK) * DIRECT_BLOCK
+            buf[n:padded] = bytes(padded - n)
+            out = memoryview(buf)[:padded]
+            try:
+                done = 0
+                while done < padded:
+                    done += os.pwrite(fd, out[done:], offset + done)
+            finally:
+                out.release()
+            offset += n
 
     def update_object(self, key: str, value: bytes | str) -> None:
         data = ensure_bytes(value)
