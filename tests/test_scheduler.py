@@ -137,3 +137,33 @@ def test_the_next_protect_dispatches_what_took_longest_last_time_first(scenario,
         if previous is not None:
             assert order == [previous, "a" if previous == "b" else "b"], order
         previous = slow
+
+
+def test_engine_thread_runs_a_lone_cheap_task_and_never_beside_another():
+    """On the threads policy, a lone cheap task with nothing else running or ready (a
+    chain, its tail) runs on the engine's own thread instead of costing a hand-off; never
+    while another task runs."""
+    import threading
+    import time
+
+    from tutela.engine import Engine, ThreadsPolicy
+
+    chain = {str(i): [str(i + 1)] for i in range(399)}
+    wide = {"w": [f"w{i}" for i in range(200)]}
+    everything = set(chain) | {"399"} | set(wide) | set(wide["w"])
+    flow, _ = make_flow({**chain, **wide}, ["0", "w"], {r: set(HOOKS) for r in everything})
+    ran: dict[int, tuple[float, float, bool]] = {}
+    main = threading.current_thread()
+
+    def run_task(node: int) -> None:
+        t0 = time.perf_counter()
+        ran[node] = (t0, time.perf_counter(), threading.current_thread() is main)
+
+    result = Engine(flow, run_task, ThreadsPolicy(max_workers=2)).run()
+    assert result.ok and result.completed == flow.task_count == len(ran)
+    here = [n for n, (_, _, on_main) in ran.items() if on_main]
+    assert len(here) > 100  # chain tasks with nothing beside them, once known cheap
+    spans = sorted((t0, t1, n) for n, (t0, t1, _) in ran.items())
+    for n in here:
+        t0, t1, _ = ran[n]
+        assert not [m for s0, s1, m in spans if m != n and s0 < t1 and s1 > t0]

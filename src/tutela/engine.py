@@ -102,6 +102,13 @@ class Dispatcher:
     def submit(self, batch: list[int]) -> None:
         raise NotImplementedError
 
+    def run_here(self, batch: list[int]) -> bool:
+        """Run `batch` on the caller's thread, reporting it like `submit`; False when tasks
+        must run elsewhere (remote workers).  The engine uses it for a lone cheap task
+        when nothing else is running or ready, where a hand-off would cost more than the
+        task (a long chain of no-op hooks: one thread wake-up per task)."""
+        return False
+
     def close(self) -> None: ...
 
 
@@ -128,6 +135,10 @@ class LocalDispatcher(Dispatcher):
 
     def submit(self, batch: list[int]) -> None:
         self.executor.submit(self._work, batch)
+
+    def run_here(self, batch: list[int]) -> bool:
+        self._work(batch)
+        return True
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -368,7 +379,16 @@ class Engine:
                 if not batch:
                     continue
                 try:
-                    dispatcher.submit(batch)
+                    # A lone cheap task with nothing else running or ready (a chain) runs
+                    # here: nothing could run beside it, and a hand-off costs more.
+                    if not (
+                        inflight == 0
+                        and not ready
+                        and len(batch) == 1
+                        and cost[batch[0] & 3] < CHEAP
+                        and dispatcher.run_here(batch)
+                    ):
+                        dispatcher.submit(batch)
                 except Exception as exc:
                     now = time.time()
                     for node in batch:
@@ -393,4 +413,6 @@ class Engine:
                 settle(node, t0, t1, error)
                 if error is not None:
                     stopping = True
+                    if isinstance(error, KeyboardInterrupt):  # hit a task run here
+                        result.cancelled = True
         return result
