@@ -134,11 +134,13 @@ class FilesystemBank(BankPlugin):
         finally:
             os.close(fd)
 
-    def _write(
-        self, key: str, blocks: Iterable[bytes], size: int | None = None, value: bytes | None = None
-    ) -> int:
+    def _write(self, key: str, blocks: Iterable[bytes] | bytes) -> int:
         """Write an object atomically: a temp file, fsynced, renamed into place, the folder
-        fsynced.  `value` is the whole object when it is one bytes value."""
+        fsynced.  `blocks` may be the whole object as one bytes value (its size known)."""
+        value = blocks if isinstance(blocks, bytes) else None
+        size = None if value is None else len(value)
+        if value is not None:
+            blocks = [value]
         path = self._path(key)
         parent = path.parent
         try:
@@ -180,8 +182,9 @@ class FilesystemBank(BankPlugin):
         page-cache pages, which here cost 5-15x the CPU of the whole direct write (and
         evict the data being protected).  The last piece is padded to DIRECT_BLOCK and the
         file cut back to its size.  Returns False, having left nothing behind, when the
-        filesystem refuses O_DIRECT at the open or at a write (then the bank stops trying).  Only when the bank
-        fsyncs: the data must reach the disk before the call returns anyway.
+        filesystem refuses O_DIRECT at the open or at a write (then the bank stops trying).
+        Only when the bank fsyncs: the data must reach the disk before the call returns
+        anyway.
         """
         if not self._direct or not hasattr(os, "O_DIRECT"):
             return False
@@ -236,7 +239,7 @@ class FilesystemBank(BankPlugin):
 
     def update_object(self, key: str, value: bytes | str) -> None:
         data = ensure_bytes(value)
-        self._write(key, [data], len(data), data)
+        self._write(key, data)
 
     def update_object_stream(self, key: str, stream: Iterable[bytes] | BinaryIO) -> int:
         return self._write(key, iter_stream(stream))

@@ -131,7 +131,7 @@ class Chunker:
                     yield from self._stream(stream.readinto, b"")  # type: ignore[union-attr]
                     return
                 first = max(1, min(limit, st.st_size + 1))
-        head = _read_upto(read, limit, first)
+        head = read_upto(read, limit, first)
         if len(head) < limit:
             if len(head) <= self.params.min_size:  # never cut: spare the copy
                 if head:
@@ -193,7 +193,7 @@ def _readinto_from(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:
     return readinto
 
 
-def _read_upto(read: Callable[[int], bytes], limit: int, first: int) -> bytes:
+def read_upto(read: Callable[[int], bytes], limit: int, first: int) -> bytes:
     """Up to `limit` bytes, fewer only at the end of the stream; the first read asks for
     `first` bytes, later ones for at most 1 MiB."""
     block = read(first)

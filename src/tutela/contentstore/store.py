@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import getpass
 import logging
 import os
@@ -30,7 +31,7 @@ import platformdirs
 
 from tutela.bank import BankSection
 from tutela.config import ProviderConfig
-from tutela.contentstore.chunker import Chunker, ChunkerParams, MiB, parse_size
+from tutela.contentstore.chunker import Chunker, ChunkerParams, MiB, parse_size, read_upto
 from tutela.contentstore.crypto import ALGORITHMS, DecryptError, Keys
 from tutela.contentstore.errors import (
     ContentStoreError,
@@ -155,8 +156,8 @@ class FileRef:
     at most one chunk it is the BLAKE3 of the content (the chunk's id: keyed in an encrypted
     store, so it reveals nothing); for a longer file (`digest_of == "chunks"`) it is the same
     hash over the chunk list (ids and sizes), which costs nothing to compute while every
-    chunk is checked against its id.  References written before version 1.1 carry a digest
-    of the whole content (`digest_of == "content"`), still checked as such on read.
+    chunk is checked against its id.  References written before store format 2 carry a
+    digest of the whole content (`digest_of == "content"`), still checked as such on read.
     `to_json()` / `from_json()` round-trip.
     """
 
@@ -295,7 +296,7 @@ class _Pending:
 
 @contextlib.contextmanager
 def _opened(source: Source) -> Iterator[BinaryIO | Iterable[bytes]]:
-    if isinstance(source, str | os.PathLike | LocalFile):
+    if isinstance(source, str | os.PathLike):  # a LocalFile is one too
         with open(source, "rb") as fh:
             yield fh
     else:
@@ -789,15 +790,8 @@ class ContentStore:
                     if not stat.S_ISREG(st.st_mode):
                         raise OSError(errno.EINVAL, "no longer a regular file", f.path)
                     if len(data) != st.st_size:  # it changed since the walk: read to its end
-                        parts = [data]
-                        have = len(data)
-                        while have <= limit:
-                            block = os.read(fd, limit + 1 - have)
-                            if not block:
-                                break
-                            parts.append(block)
-                            have += len(block)
-                        data = b"".join(parts)
+                        rest = limit + 1 - len(data)  # (one byte past a chunk tells "too big")
+                        data += read_upto(functools.partial(os.read, fd), rest, rest)
                         st = os.fstat(fd)
                 finally:
                     os.close(fd)

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tutela.contentstore import LocalFile
+from tutela.contentstore import FileRef, LocalFile
 from tutela.errors import ObjectNotFound, ResourceError, TutelaError
 from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
@@ -160,8 +160,6 @@ def read_manifest(section, store) -> list[dict[str, Any]]:
     """The tree's entries.  The manifest itself lives in the content store (compressed,
     deduplicated across checkpoints, and encrypted when the store is), so file names and
     sizes are never in the bank in the clear; the section keeps only its reference."""
-    from tutela.contentstore import FileRef
-
     try:
         ref = FileRef.from_json(section.get_json("manifest.ref"))
     except ObjectNotFound:
@@ -491,8 +489,6 @@ class RestoreDirectory(Operation):
         """Write one file.  A new file is created in place (exclusively, so nothing already
         there is touched); a file that exists is written under a temporary name and renamed
         over it, so it is never left torn.  On failure the partial file is removed."""
-        from tutela.contentstore import FileRef
-
         tmp = None
         try:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
