@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from peak import peak_rss_bytes  # noqa: E402
+
 from tutela.contentstore.chunker import parse_size  # noqa: E402
 
 WORDS = (
@@ -142,7 +144,7 @@ def child(args: argparse.Namespace) -> None:
             {
                 "wall": wall,
                 "cpu": ru.ru_utime + ru.ru_stime,
-                "rss_mib": ru.ru_maxrss / 1024,
+                "rss_mib": peak_rss_bytes() / 2**20,
                 "stats": stats,
                 "restored": moved,
             }

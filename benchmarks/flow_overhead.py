@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from peak import peak_rss_bytes
 
 from tutela import Operation, Protectable, ProtectionPlugin, Resource
 from tutela.engine import Engine, SerialPolicy, ThreadsPolicy
@@ -182,7 +183,7 @@ def measure(n: int, repeat: int, with_provider: bool) -> dict:
             out["protect_s"] = time.perf_counter() - t0
             assert cp.status == "available"
             out["protect_tasks_per_s"] = flow.task_count / out["protect_s"]
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_bytes() / 2**20
     return out
 
 
@@ -277,7 +278,7 @@ def measure_taskflow(n: int) -> dict:
         engine.run()
         out[f"run_{name}_s"] = time.perf_counter() - t0
         out[f"tasks_per_s_{name}"] = len(tasks) / (out[f"run_{name}_s"] + out[f"compile_{name}_s"])
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_bytes() / 2**20
     return out
 
 
@@ -298,7 +299,7 @@ def measure_chain(n: int) -> dict:
         result = Engine(flow, lambda node: None, policy).run()
         assert result.ok and result.completed == flow.task_count, result
         out[f"run_{name}_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_bytes() / 2**20
     return out
 
 
