@@ -122,6 +122,48 @@ def _backup_reason(backup: Any) -> str | None:
     return backup.fail_reason or None
 
 
+def _delete_backup(clients: Clients, conn: Any, backup_id: str, context=None) -> bool:
+    """Delete a backup and wait until it is gone; True if it existed.
+
+    Cinder answers 404 both for a backup that is gone and for "no cinder-backup service is up"
+    (one that has just restarted has not reported in yet): `ignore_missing` would take the
+    second for the first and leave the backup behind.  So a 404 for a backup that still exists
+    is waited out, up to the timeout, and then is an error.  A backup still being written or
+    read is waited for first (Cinder refuses to delete it)."""
+    what = f"backup {backup_id}"
+    deadline = time.monotonic() + clients.timeout
+    waiting = False
+    while True:
+        backup = conn.block_storage.find_backup(backup_id, ignore_missing=True)
+        if backup is None:
+            return False
+        if backup.status == "deleting":
+            break
+        if backup.status in ("creating", "restoring"):
+            backup = wait_for(
+                what,
+                lambda: conn.block_storage.get_backup(backup_id),
+                {"available", "error"},
+                set(),
+                clients,
+                context,
+            )
+        try:
+            conn.block_storage.delete_backup(backup_id, ignore_missing=False)
+            break
+        except NotFoundException as exc:
+            if time.monotonic() > deadline:
+                raise TutelaError(
+                    f"{what} not deleted after {clients.timeout:g} s: {describe_error(exc)}"
+                ) from exc
+            if not waiting and context is not None:
+                context.progress.message(f"{what}: waiting for a cinder-backup service")
+            waiting = True
+            time.sleep(clients.interval)
+    wait_gone(what, lambda: conn.block_storage.find_backup(backup_id, ignore_missing=True), clients)
+    return True
+
+
 #: Seconds per GiB for a backup or restore here (POSIX driver): a guess for the scheduler,
 #: which starts the longest remaining work first.
 SECONDS_PER_GIB = 15.0
@@ -245,20 +287,23 @@ class ProtectVolume(_VolumeOperation):
         if not info.get("snapshot_id"):
             return
         conn = self.clients.for_project(info["project_id"])
-        if info.get("backup_id"):
-            backup = conn.block_storage.find_backup(info["backup_id"], ignore_missing=True)
+        backup_id = info.get("backup_id")
+        if backup_id:
+            backup = conn.block_storage.find_backup(backup_id, ignore_missing=True)
             if backup is not None and backup.status == "creating":
                 backup = wait_for(
-                    f"backup {backup.id}",
-                    lambda: conn.block_storage.get_backup(info["backup_id"]),
+                    f"backup {backup_id}",
+                    lambda: conn.block_storage.get_backup(backup_id),
                     {"available", "error"},
                     set(),
                     self.clients,
                     context,
                 )
             if backup is not None and backup.status == "error":
-                conn.block_storage.delete_backup(backup.id, ignore_missing=True)
-                update_info(checkpoint, backup_id=None, failed_backup_id=backup.id)
+                # backup_id stays until the backup is gone: if this fails, the checkpoint's
+                # delete removes it.
+                _delete_backup(self.clients, conn, backup_id, context)
+                update_info(checkpoint, backup_id=None, failed_backup_id=backup_id)
         if not info.get("snapshot_deleted_at"):
             _delete_snapshot(self.clients, conn, info["snapshot_id"], context)
             update_info(checkpoint, snapshot_deleted_at=time.time())
@@ -351,25 +396,8 @@ class DeleteVolume(Operation):
                 conn = self.clients.for_project(info.get("project_id"))
             except TutelaError:
                 conn = self.clients.base()  # the project is gone; an admin can still delete
-            backup_id = info.get("backup_id")
-            if backup_id:
-                backup = conn.block_storage.find_backup(backup_id, ignore_missing=True)
-                if backup is not None:
-                    if backup.status in ("creating", "restoring", "deleting"):
-                        wait_for(
-                            f"backup {backup_id}",
-                            lambda: conn.block_storage.get_backup(backup_id),
-                            {"available", "error"},
-                            set(),
-                            self.clients,
-                            context,
-                        )
-                    conn.block_storage.delete_backup(backup_id, ignore_missing=True)
-                    wait_gone(
-                        f"backup {backup_id}",
-                        lambda: conn.block_storage.find_backup(backup_id, ignore_missing=True),
-                        self.clients,
-                    )
+            if info.get("backup_id"):
+                _delete_backup(self.clients, conn, info["backup_id"], context)
             if info.get("snapshot_id") and not info.get("snapshot_deleted_at"):
                 _delete_snapshot(self.clients, conn, info["snapshot_id"], context)
         checkpoint.bank_section.delete_all()
