@@ -3,6 +3,7 @@ damage detection, format versions, sweep, concurrency, crash safety and bounded 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -249,6 +250,39 @@ def test_small_and_streamed_inputs_cut_alike(tmp_path: Path) -> None:
     assert list(chunker.chunks(Trickle())) == expected
     small = data[: 200 << 10]  # shorter than max: one buffer
     assert b"".join(chunker.chunks(io.BytesIO(small))) == small
+
+
+def test_streamed_chunks_are_views_that_stay_valid_and_buffers_are_reused() -> None:
+    """Chunks of a long stream are views of the chunker's buffers, not copies: a buffer is
+    refilled only once no chunk of it is alive.  Kept chunks keep their bytes; dropped ones
+    let a handful of buffers serve any length of stream, also with threads sharing it."""
+    from tutela.contentstore.chunker import Chunker, ChunkerParams
+
+    chunker = Chunker(ChunkerParams(16 << 10, 64 << 10, 256 << 10))  # buffers of 768 KiB
+    data = rand(8 << 20, 31)
+    kept = list(chunker.chunks(io.BytesIO(data)))  # all alive: ~11 buffers' worth
+    assert all(isinstance(c, memoryview) and c.readonly for c in kept)
+    assert b"".join(kept) == data
+    made = chunker._buffers.created
+    assert made >= 10
+    del kept
+
+    def digest_of_stream(seed: int, out: list) -> None:
+        mine = rand(8 << 20, seed)
+        hasher = hashlib.sha256()
+        for chunk in chunker.chunks(io.BytesIO(mine)):  # each dropped once hashed
+            hasher.update(chunk)
+        out.append(hasher.digest() == hashlib.sha256(mine).digest())
+
+    results: list[bool] = []
+    threads = [threading.Thread(target=digest_of_stream, args=(s, results)) for s in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True, True, True]
+    # 3 x 8 MiB more through buffers of 768 KiB: reused, a few new ones at most per thread.
+    assert chunker._buffers.created - made <= 3 * 3
 
 
 def test_compression_shrinks_text_and_can_be_off(bank: Bank, tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ loop runs in C without the GIL; Python only moves memoryviews around.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import stat
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -94,14 +97,55 @@ class _IterReader:
         return bytes(out)
 
 
+class _Buffers:
+    """Stream buffers, reused once no chunk cut from them is alive.
+
+    Chunks are views of a buffer, never copies (a `bytes` copy per chunk held the
+    interpreter lock for a memcpy and for the page faults of fresh memory: about a third of
+    the lock's time in a protect).  So a buffer may be refilled only when every view of it is
+    gone, which its reference count tells on CPython: each view (and each view derived from
+    it) keeps one reference to the mapping through its managed buffer.  Elsewhere buffers are
+    never reused.  Anonymous mappings: their pages are first touched by the kernel inside
+    readinto(), without the interpreter lock, and need no zero-filling under it."""
+
+    KEEP = 4  # buffers kept for reuse (a write pipeline holds about 2-3 at once)
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free: list[mmap.mmap] = []
+        self._lent: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        self.created = 0  # buffers made (a sign of reuse: it stays small)
+        self._counted = hasattr(sys, "getrefcount") and sys.implementation.name == "cpython"
+
+    def take(self) -> memoryview:
+        with self._lock:
+            if self._counted:
+                # References: the list, the loop variable and getrefcount's argument.
+                idle = [m for m in self._lent if sys.getrefcount(m) <= 3]
+                for m in idle:
+                    self._lent.remove(m)
+                self._free.extend(idle)
+            if self._free:
+                buf = self._free.pop()
+            else:
+                buf = mmap.mmap(-1, self.size)
+                self.created += 1
+            if self._counted and len(self._lent) + len(self._free) < self.KEEP:
+                self._lent.append(buf)
+            del self._free[self.KEEP :]
+        return memoryview(buf)
+
+
 class Chunker:
-    """Cuts streams into content-defined chunks; one instance is cheap, stateless per stream."""
+    """Cuts streams into content-defined chunks; one instance is shared by threads."""
 
     def __init__(self, params: ChunkerParams):
         problem = params.problem()
         if problem:
             raise ValueError(problem)
         self.params = params
+        self._buffers = _Buffers(STREAM_BUFFER * params.max_size)
         self._cdc = FastCDC(
             params.avg_size,
             min_size=params.min_size,
@@ -110,8 +154,9 @@ class Chunker:
             seed=params.seed,
         )
 
-    def chunks(self, stream: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
-        """Yield the chunks of `stream` as fresh `bytes`.
+    def chunks(self, stream: Iterable[bytes] | BinaryIO) -> Iterator[bytes | memoryview]:
+        """Yield the chunks of `stream` as read-only buffers (`bytes` or `memoryview`) that
+        nothing overwrites while they are alive: a consumer may keep them.
 
         A stream that ends within `max_size` bytes is cut in one buffer; a longer one is cut
         streaming, in a buffer of STREAM_BUFFER x max_size that it reads into directly.
@@ -139,25 +184,26 @@ class Chunker:
                 return
             if head:
                 for chunk in self._cdc.cut_buf(head):
-                    yield bytes(chunk.data)
+                    yield chunk.data  # a view of `head`, which nothing changes
             return
         readinto = getattr(stream, "readinto", None) or _readinto_from(read)
         yield from self._stream(readinto, head)
 
-    def _stream(self, readinto: Callable[[memoryview], int | None], head: bytes) -> Iterator[bytes]:
+    def _stream(
+        self, readinto: Callable[[memoryview], int | None], head: bytes
+    ) -> Iterator[memoryview]:
         """Cut a long stream: fill a buffer (after `head`, bytes already read), cut it, keep
         the last chunk unless the stream ended (the buffer's end cut it, not its content:
         every earlier boundary is final, as FastCDC cuts at the first match from a chunk's
-        start) and move it to the front.  Each byte is copied twice: by the kernel into the
-        buffer and into its chunk's `bytes` (pyfastcdc's stream chunker fed through read()
-        copied it five times)."""
-        buf = bytearray(max(STREAM_BUFFER * self.params.max_size, len(head)))
-        view = memoryview(buf)
-        view[: len(head)] = head
+        start) and carry it to the front of the next buffer.  The kernel copies each byte
+        into a buffer; chunks are views of it (see `_Buffers`)."""
+        view = self._buffers.take()
+        size = len(view)
+        view[: len(head)] = head  # head is at most one maximum chunk, the buffer three
         end = len(head)
         eof = False
         while True:
-            while end < len(buf):
+            while end < size:
                 n = readinto(view[end:])
                 if not n:
                     eof = True
@@ -170,11 +216,13 @@ class Chunker:
                 if not eof and chunk.offset + chunk.length == end:
                     tail = chunk.length
                     break
-                yield bytes(chunk.data)
+                yield chunk.data.toreadonly()
+            chunk = None  # the last Chunk holds a view too: let the buffer go
             if eof:
                 return
-            view[:tail] = view[end - tail : end]
-            end = tail
+            fresh = self._buffers.take()
+            fresh[:tail] = view[end - tail : end]
+            view, end = fresh, tail
 
 
 #: The streaming chunker's buffer, in multiples of the maximum chunk size (at least 2, so
