@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -433,6 +434,62 @@ def test_older_format_is_read_as_is_and_upgraded_by_the_first_write(
         store.write_bytes(text(1 << 20))
         store.flush()
     assert section.get_json("config") == {**doc, "version": FORMAT_VERSION}
+
+
+def _segments(bank: Bank) -> list[str]:
+    return sorted(bank.get_section("content").list_objects("index/"))
+
+
+def test_json_index_segments_of_format_2_are_still_read(bank: Bank, tmp_path: Path) -> None:
+    """A store written before binary segments (JSON, index version 1) reads as before."""
+    import zstandard
+
+    from tutela.contentstore.index import INDEX_AAD, decode_segment
+
+    data = text(3 << 20, 40) + rand(2 << 20, 40)
+    with open_store(bank, tmp_path, password=PASSWORD, encryption="aes-256-gcm") as store:
+        ref = store.write_bytes(data)
+        cipher = store.keys.cipher
+    section = bank.get_section("content")
+    for key in _segments(bank):
+        version, packs = decode_segment(section.get_object(key), cipher)
+        assert version == 2 and packs
+        doc = {  # what format 2 wrote
+            "version": 1,
+            "packs": [
+                {"pack": name, "blobs": [[c.hex(), o, n, r] for c, o, n, r in entries]}
+                for name, entries in packs
+            ],
+        }
+        plain = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+        section.update_object(key, cipher.encrypt(plain, INDEX_AAD))
+    shutil.rmtree(tmp_path / "cache")
+    with open_store(bank, tmp_path, password=PASSWORD) as store:
+        assert store.read_bytes(ref) == data
+        assert store.verify(read_data=True, referenced=ref.chunk_ids()).ok
+
+
+def test_newer_or_damaged_index_segment_is_refused_by_name(bank: Bank, tmp_path: Path) -> None:
+    from tutela.contentstore.crypto import Cipher
+    from tutela.contentstore.index import MAGIC
+
+    with open_store(bank, tmp_path) as store:
+        store.write_bytes(rand(1 << 20, 41))
+    section = bank.get_section("content")
+    (key,) = _segments(bank)
+    good = section.get_object(key)
+    plain = __import__("zstandard").ZstdDecompressor().decompress(good)
+    assert plain.startswith(MAGIC)
+    for damaged, error, message in (
+        (MAGIC + bytes((99,)), UnsupportedFormatError, "format 99"),
+        (plain[:-10], CorruptDataError, "damaged"),
+    ):
+        blob = __import__("zstandard").ZstdCompressor().compress(damaged)
+        section.update_object(key, Cipher().encrypt(blob, b""))
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+        with pytest.raises(error, match=message) as info:
+            open_store(bank, tmp_path)
+        assert key.split("/")[-1] in str(info.value)
 
 
 # -- encryption --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tutela.contentstore.crypto import Cipher
 FLAG_RAW = 0
 FLAG_ZSTD = 1
 HEADER_VERSION = 1
-_ENTRY = struct.Struct("<32sQII")
+ENTRY = struct.Struct("<32sQII")  # chunk id, offset, stored length, raw length
 _TRAILER = struct.Struct("<I")
 HEADER_AAD = b"tutela-pack-header"
 
@@ -102,7 +102,7 @@ class PackBuilder:
         """(pack name, the pack's bytes, entries).  The pack is one bytes value, so that a
         queued pack costs its size once and object-store banks can send it as it is; the
         blobs are let go here."""
-        header = bytes((HEADER_VERSION,)) + b"".join(_ENTRY.pack(*e) for e in self.entries)
+        header = bytes((HEADER_VERSION,)) + b"".join(ENTRY.pack(*e) for e in self.entries)
         header = cipher.encrypt(header, HEADER_AAD)
         data = b"".join([*self.blobs, header, _TRAILER.pack(len(header))])
         self.blobs = []
@@ -118,9 +118,9 @@ def parse_header(pack: bytes, cipher: Cipher) -> list[tuple[bytes, int, int, int
     if start < 0:
         raise ValueError("pack header length out of range")
     header = cipher.decrypt(memoryview(pack)[start : start + length], HEADER_AAD)
-    if not header or header[0] != HEADER_VERSION or (len(header) - 1) % _ENTRY.size:
+    if not header or header[0] != HEADER_VERSION or (len(header) - 1) % ENTRY.size:
         raise ValueError("bad pack header")
-    return [e for e in _ENTRY.iter_unpack(header[1:])]
+    return [e for e in ENTRY.iter_unpack(header[1:])]
 
 
 def pack_key(name: str) -> str:

@@ -58,8 +58,9 @@ from tutela.errors import ConfigError, ObjectNotFound
 log = logging.getLogger(__name__)
 
 #: 2: a multi-chunk FileRef's digest may cover its chunk list (`digest_of`), which a version
-#: 1 reader would misread; the first writer of this version upgrades a version 1 store.
-FORMAT_VERSION = 2
+#: 1 reader would misread.  3: index segments are binary (index.INDEX_VERSION 2), which a
+#: version 2 reader would call damaged.  The first writer of a version upgrades an older store.
+FORMAT_VERSION = 3
 SECTION = "content_store"
 CONFIG_KEY = "config"
 PACK_PREFIX = "packs/"
