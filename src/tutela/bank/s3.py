@@ -404,6 +404,42 @@ class S3Bank(LeasedStore, BankPlugin):
 
         return blocks()
 
+    def get_object_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the end of the object): one ranged GET, so a
+        lone chunk of an old pack costs its own bytes, not the pack up to it."""
+        from botocore.exceptions import ClientError
+
+        full = self._full(key)
+        if length <= 0 or offset < 0:
+            self.object_size(key)  # the same ObjectNotFound as a real read
+            return b""
+        wanted = f"bytes={offset}-{offset + length - 1}"
+
+        def fetch(c) -> bytes:
+            try:
+                answer = c.get_object(Bucket=self.bucket, Key=full, Range=wanted)
+            except ClientError as exc:
+                status, code = self._status(exc)
+                if status == 416 or code == "InvalidRange":  # at or past the end: nothing
+                    return b""
+                raise
+            body = answer["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            expected = int(answer.get("ContentLength", len(data)))
+            if len(data) != expected:
+                raise Transient(f"short read ({len(data)} of {expected} bytes)")
+            if len(data) > length:
+                raise BankError(f"s3 bank: ranged get of {key!r} answered more than asked")
+            return data
+
+        try:
+            return self._call("get range", key, fetch, passthrough=("404", "NoSuchKey"))
+        except ClientError:
+            raise ObjectNotFound(f"no object {key!r} in bank") from None
+
     def object_size(self, key: str) -> int:
         from botocore.exceptions import ClientError
 

@@ -613,6 +613,40 @@ class SwiftBank(LeasedStore, BankPlugin):
 
         return blocks()
 
+    def get_object_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the end of the object): one ranged GET, so a
+        lone chunk of an old pack costs its own bytes, not the pack up to it."""
+        from swiftclient.exceptions import ClientException
+
+        self._check(key)
+        if length <= 0 or offset < 0:
+            self.object_size(key)  # the same ObjectNotFound as a real read
+            return b""
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+
+        def fetch(c) -> bytes:
+            try:
+                answer, body = c.get_object(self.container, key, headers=headers)
+            except ClientException as exc:
+                if exc.http_status == 416:  # starts at or past the end: nothing there
+                    return b""
+                raise
+            expected = int(answer.get("content-length", len(body)))
+            if len(body) != expected:
+                raise Transient(f"short read ({len(body)} of {expected} bytes)")
+            if len(body) > length:
+                raise BankError(f"swift bank: ranged get of {key!r} answered more than asked")
+            return body
+
+        try:
+            return self._call("get range", key, fetch)
+        except ClientException as exc:
+            if self._is_404(exc):
+                raise ObjectNotFound(f"no object {key!r} in bank") from None
+            raise BankError(
+                f"swift bank: ranged get of {key!r} failed: HTTP {exc.http_status}"
+            ) from None
+
     def object_size(self, key: str) -> int:
         from swiftclient.exceptions import ClientException
 

@@ -75,7 +75,7 @@ SEGMENT_PACKS = 64
 BATCH_BYTES = 512 * 1024
 BATCH_CHUNKS = 64
 #: Reads keep this many whole packs in memory: restoring many small files stored side by
-#: side then costs one pack fetch, not one per file (the bank has no range reads).
+#: side then costs one pack fetch, not one ranged read per file.
 PACK_CACHE = 2
 
 
@@ -1005,8 +1005,8 @@ class ContentStore:
 
         A pack read from twice in a row is fetched whole and cached (restoring files stored
         side by side); a lone read (a chunk deduplicated against an old pack) fetches only
-        what it needs, with the bank's range read when it has one, else by streaming the pack
-        up to the last byte needed (the BankSection API has no range reads yet), and does not
+        what it needs, with the bank's range read (filesystem, Swift, S3), else by streaming the
+        pack up to the last byte needed (a bank plugin without range reads), and does not
         evict the pack being restored from.
         """
         with self._packs_lock:
