@@ -690,6 +690,64 @@ def test_sweep_refuses_while_another_writer_is_active(bank: Bank, tmp_path: Path
         sweeper.sweep(ref.chunk_ids())
 
 
+def test_sweep_after_a_crashed_sweep_keeps_the_pack_it_repacks_again(tmp_path: Path) -> None:
+    """A plain store's repack is deterministic (a pack is named by its content's hash): the
+    pack a crashed sweep wrote before its index is the very pack the next sweep writes, and
+    must not then be deleted as that crash's orphan."""
+    from crashbank import Crashed, CrashingBank
+
+    files = [rand(200_000, 20 + i) for i in range(4)]
+    bank = Bank(FilesystemBank(root=tmp_path / "bank", fsync=False))
+    with open_store(bank, tmp_path) as store:
+        refs = [store.write_bytes(f) for f in files]
+    crashing = Bank(
+        CrashingBank(root=tmp_path / "bank", fsync=False, crash="put content/index/* 1", fail=True)
+    )
+    with open_store(crashing, tmp_path) as store, pytest.raises(Crashed):
+        store.sweep(refs[0].chunk_ids(), repack_threshold=0.5)
+    assert len(packs(bank)) == 2  # the old pack and its repacked copy, not yet indexed
+    with open_store(bank, tmp_path) as store:
+        report = store.sweep(refs[0].chunk_ids(), repack_threshold=0.5)
+        assert report.packs_repacked == 1
+        assert len(packs(bank)) == 1
+        verified = store.verify(read_data=True, referenced=refs[0].chunk_ids())
+        assert verified.ok, verified.errors
+        assert store.read_bytes(refs[0]) == files[0]
+
+
+def test_lock_of_a_gone_process_is_stale_at_once_and_only_then(bank: Bank, tmp_path: Path) -> None:
+    """A killed writer's lock (its process provably gone from this machine) does not hold up
+    a sweep for 30 minutes; a lock from elsewhere, whose process cannot be looked at, does."""
+    code = (
+        "import os, signal, sys\n"
+        "from tutela.bank import Bank\n"
+        "from tutela.bank.filesystem import FilesystemBank\n"
+        "from tutela.config import ProviderConfig\n"
+        "from tutela.contentstore import ContentStore\n"
+        "bank = Bank(FilesystemBank(root=sys.argv[1], fsync=False))\n"
+        "config = ProviderConfig.from_dict({'content_store': {'cache_dir': sys.argv[2]}})\n"
+        "store = ContentStore.open(bank.get_section('content'), config)\n"
+        "store.write_bytes(b'x' * 1000)\n"
+        "store.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "bank"), str(tmp_path / "cache2")],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert done.returncode == -signal.SIGKILL
+    section = bank.get_section("content")
+    [left] = list(section.iter_objects("locks/"))
+    elsewhere = {**section.get_json(left), "pid": 1}
+    elsewhere["process"] = {**elsewhere["process"], "boot": "another machine"}
+    with open_store(bank, tmp_path) as store:
+        store.sweep(set())  # the dead writer's lock is no obstacle, and is removed
+        assert list(section.iter_objects("locks/")) == ["locks/" + store._lock_id]
+        section.put_json("locks/" + "e" * 32, elsewhere)
+        with pytest.raises(StoreLockedError, match="writer"):
+            store.sweep(set())
+
+
 def test_crash_leftovers_are_harmless(bank: Bank, tmp_path: Path) -> None:
     """A pack uploaded without its index segment (crash between the two) loses nothing
     referenced and is removed by the next sweep."""

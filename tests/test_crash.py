@@ -1,11 +1,14 @@
-"""Crash safety: SIGKILL a protect or a delete at several points; every checkpoint that says
-`available` must still verify and restore byte-identical, and no killed operation may ever
-show `available`."""
+"""Crash safety: SIGKILL a protect, a delete or a prune at chosen writes (tests/crashbank.py)
+and at random moments; every checkpoint that says `available` must still verify and restore
+byte-identical, no killed operation may ever show `available`, and the interrupted operation
+can be finished afterwards, freeing its space at once."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tutela import Provider, ProviderConfig, Resource
+from tutela.retention import Policy
 
 HERE = Path(__file__).parent
 DIR = "Tutela::Directory"
@@ -25,8 +29,9 @@ DIR = "Tutela::Directory"
 def setup(tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
+    rng = random.Random(4)
     for i in range(8):
-        (src / "d" / f"f{i}").write_bytes(os.urandom(1_000_000))
+        (src / "d" / f"f{i}").write_bytes(rng.randbytes(1_000_000))
     conf = tmp_path / "providers.d" / "p.conf"
     conf.parent.mkdir()
     conf.write_text(
@@ -55,15 +60,22 @@ def provider(conf: Path) -> Provider:
     return Provider.from_config(ProviderConfig.read(conf))
 
 
-def run_cli(conf: Path, args: list[str], graph: dict, kill_after: float | None = None) -> int:
+def run_cli(
+    conf: Path,
+    args: list[str],
+    graph: dict,
+    kill_after: float | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> int:
     env = {
         **os.environ,
         "TUTELA_PROVIDER_CONFIG_DIR": str(conf.parent),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "TUTELA_TEST_GRAPH": json.dumps(graph),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tutela", *args, "-q"],
+        [sys.executable, "-m", "tutela", *args, *([] if args[0] == "prune" else ["-q"])],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -197,3 +209,100 @@ def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
         assert "on_complete" not in ran.get("Test::Node#parent", {})
     finally:
         p.close()
+
+
+# -- deterministic crash points -------------------------------------------------------------
+LEASE = 2.0  # the crash bank's lease_expire_window: a killed owner's lease lapses this fast
+
+
+@pytest.fixture
+def crash_setup(setup, tmp_path):
+    """Three checkpoints of one tree (each replaces some files) on the crashing bank."""
+    src, conf = setup
+    text = conf.read_text().replace("bank = filesystem", "bank = crashbank:CrashingBank")
+    text = text.replace(
+        "[filesystem_bank]",
+        "[filesystem_bank]\nlease_expire_window = 2\nlease_validity_window = 1.5\n"
+        "lease_renew_window = 0.5",
+    )
+    conf.write_text(text)
+    p = provider(conf)
+    ids = []
+    rng = random.Random(5)  # the same chunks and packs every run: a sweep that repacks
+    for round_ in range(3):
+        for i in range(round_ * 2, round_ * 2 + 3):
+            (src / "d" / f"f{i}").write_bytes(rng.randbytes(1_000_000))
+        ids.append(p.protect([Resource(DIR, str(src))]).id)
+    p.close()
+    return src, conf, ids
+
+
+POINTS = [
+    pytest.param("protect", "put content/packs/* 3", id="protect-after-two-packs"),
+    pytest.param("protect", "put content/index/* 1", id="protect-before-the-index"),
+    pytest.param("protect", "put checkpoints/*/records/* 1", id="protect-before-the-records"),
+    pytest.param("protect", "put checkpoints/*/index.json 2", id="protect-before-available"),
+    pytest.param("delete", "put checkpoints/*/index.json 2", id="delete-before-deleted"),
+    pytest.param("delete", "put content/index/* 1", id="delete-sweep-before-the-new-index"),
+    pytest.param("delete", "delete content/packs/* 1", id="delete-sweep-before-the-packs"),
+    pytest.param("delete", "delete content/packs/* 2", id="delete-sweep-among-the-packs"),
+    pytest.param("prune", "put checkpoints/*/index.json 3", id="prune-between-two-deletes"),
+    pytest.param("prune", "delete content/packs/* 2", id="prune-sweep-among-the-packs"),
+]
+
+
+@pytest.mark.parametrize(("operation", "spec"), POINTS)
+def test_kill_at_each_write_point(crash_setup, tmp_path, operation, spec):
+    src, conf, (old, mid, good) = crash_setup
+    if operation == "protect":
+        (src / "new").mkdir()
+        for i in range(6):
+            (src / "new" / str(i)).write_bytes(os.urandom(700_000))
+        args = ["protect", "--resource", f"{DIR}={src}"]
+    elif operation == "delete":
+        args = ["delete", old]
+    else:
+        args = ["prune", "--keep-last", "1"]
+    code = run_cli(conf, args, {}, extra_env={"TUTELA_TEST_CRASH": spec})
+    assert code == -signal.SIGKILL  # the crash point was reached: the test proves something
+    if operation == "protect":
+        shutil.rmtree(src / "new")
+    p = provider(conf)
+    try:
+        listed = {c.id: c for c in p.checkpoints.list(include_deleted=True)}
+        if operation == "protect":
+            [killed] = [c for i, c in listed.items() if i not in (old, mid, good)]
+            assert killed.status == "protecting"
+            if spec.startswith("put checkpoints/*/index.json"):  # all but the status written
+                assert f"{DIR}#{src}" in killed.resource_records()
+    finally:
+        p.close()
+    check_invariants(conf, src, tmp_path, good)
+
+    # Finish what was interrupted; the killed process's store lock does not hold up the
+    # space for 30 minutes, so every pack left is indexed and every chunk reads back.
+    time.sleep(LEASE + 0.5)  # the killed owner's lease lapses (a stale checkpoint)
+    p = provider(conf)
+    try:
+        if operation == "protect":
+            p.delete(killed.id)
+        elif operation == "delete":
+            if p.checkpoints.get(old).status != "deleted":
+                p.delete(old)
+        else:
+            p.prune(Policy(keep_last=1))
+        assert p.collect_garbage() is not None  # not refused for the dead writer's lock
+        remaining = [c.id for c in p.checkpoints.list(status="available")]
+        assert remaining == (
+            [good, mid, old]
+            if operation == "protect"
+            else [good]
+            if operation == "prune"
+            else [good, mid]
+        )
+        report = p.content_store().verify(read_data=True, referenced=p.referenced_chunks())
+        assert report.ok, report.errors
+        assert report.unindexed_packs == []
+    finally:
+        p.close()
+    check_invariants(conf, src, tmp_path, good)

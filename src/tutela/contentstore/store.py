@@ -66,7 +66,8 @@ CONFIG_KEY = "config"
 PACK_PREFIX = "packs/"
 LOCK_PREFIX = "locks/"
 PASSWORD_ENV = "TUTELA_PASSWORD"
-#: A lock not refreshed for this long is stale (its writer died) and is ignored.
+#: A lock not refreshed for this long is stale (its writer died) and is ignored.  A lock of a
+#: process on this machine that is provably gone is stale at once (see `_process_gone`).
 LOCK_STALE_SECONDS = 30 * 60
 LOCK_REFRESH_SECONDS = 5 * 60
 #: A writer writes an index segment at least every this many packs, even without flush().
@@ -77,6 +78,43 @@ BATCH_CHUNKS = 64
 #: Reads keep this many whole packs in memory: restoring many small files stored side by
 #: side then costs one pack fetch, not one ranged read per file.
 PACK_CACHE = 2
+
+
+# -- locks -------------------------------------------------------------------------------
+def _start_time(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot (field 22 of its stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+
+
+@functools.cache
+def _process_mark() -> dict[str, str] | None:
+    """Where this process runs, precisely enough for a later look to tell that it is gone:
+    the boot, the pid namespace and the process's start time (a reused pid has another)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        ns = os.stat("/proc/self/ns/pid")
+        return {"boot": boot, "pidns": f"{ns.st_dev}:{ns.st_ino}"}
+    except OSError:
+        return None
+
+
+def _process_gone(doc: dict[str, Any]) -> bool:
+    """True only when the lock's writer ran in this boot and pid namespace and its process
+    no longer exists (a SIGKILLed protect): its lock need not wait 30 minutes.  Anything
+    unsure (another machine or container, no /proc) is False: the lock stands."""
+    here, there = _process_mark(), doc.get("process")
+    if here is None or not isinstance(there, dict):
+        return False
+    if there.get("boot") != here["boot"] or there.get("pidns") != here["pidns"]:
+        return False
+    try:
+        return _start_time(int(doc["pid"])) != there.get("start")
+    except FileNotFoundError:
+        return True
+    except (OSError, KeyError, ValueError, IndexError):
+        return False
 
 
 # -- settings ----------------------------------------------------------------------------
@@ -1231,6 +1269,9 @@ class ContentStore:
                         keep[pack] = entries
                     placed.update(e[0] for e in used)
                 new_packs = self._repack(repack, report)
+                # A pack's name is its content's hash, and a plain store's repack is
+                # deterministic: a crashed sweep's orphan may be the very pack just written.
+                delete.difference_update(name for name, _ in new_packs)
                 index_packs = list(keep.items()) + new_packs
                 new_segments: list[str] = []
                 for i in range(0, len(index_packs), 256):
@@ -1294,18 +1335,22 @@ class ContentStore:
     # -- locks -----------------------------------------------------------------------------
     def _write_lock(self, exclusive: bool) -> None:
         plugin = self.section.bank.plugin
-        self.section.put_json(
-            LOCK_PREFIX + self._lock_id,
-            {
-                "owner": plugin.get_owner_id(),
-                "pid": os.getpid(),
-                "time": time.time(),
-                "exclusive": exclusive,
-            },
-        )
+        doc: dict[str, Any] = {
+            "owner": plugin.get_owner_id(),
+            "pid": os.getpid(),
+            "time": time.time(),
+            "exclusive": exclusive,
+        }
+        mark = _process_mark()
+        if mark is not None:
+            with contextlib.suppress(OSError, IndexError):
+                doc["process"] = {**mark, "start": _start_time(os.getpid())}
+        self.section.put_json(LOCK_PREFIX + self._lock_id, doc)
         self._lock_written = time.monotonic()
 
     def _other_locks(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The other writers' live locks.  A lock whose process is provably gone is removed
+        (a killed protect must not hold up the space a delete frees for 30 minutes)."""
         now = time.time()
         for key in list(self.section.iter_objects(LOCK_PREFIX)):
             if key == LOCK_PREFIX + self._lock_id:
@@ -1314,8 +1359,15 @@ class ContentStore:
                 doc = self.section.get_json(key)
             except (ObjectNotFound, ValueError):
                 continue
-            if now - float(doc.get("time", 0)) < LOCK_STALE_SECONDS:
-                yield key, doc
+            if now - float(doc.get("time", 0)) >= LOCK_STALE_SECONDS:
+                continue
+            if _process_gone(doc):
+                log.info("%s: lock %s of pid %s: the process is gone", self.name, key, doc["pid"])
+                if self.section.is_writable:
+                    with contextlib.suppress(ObjectNotFound):
+                        self.section.delete_object(key)
+                continue
+            yield key, doc
 
     def _check_no_other_locks(self, exclusive: bool) -> None:
         for key, doc in self._other_locks():
