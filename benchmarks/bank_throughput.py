@@ -1,5 +1,7 @@
 """Stream-throughput benchmark of the banks: write N bytes through `update_object_stream`, read
-them back through `get_object_stream`, print MB/s.
+them back through `get_object_stream`, print MB/s.  Then the content store's lone-chunk read:
+4 KiB at the end of a 16 MiB pack, by the bank's range read against streaming up to it (what a
+bank without range reads costs), median of 15 each, and their ratio.
 
     .venv/bin/python benchmarks/bank_throughput.py [--size 1G] [--banks filesystem,swift,s3]
 
@@ -16,6 +18,7 @@ import hashlib
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,6 +97,40 @@ def make_bank(kind: str, tmp: str, part: int):
     )
 
 
+def lone_chunk(bank: Bank, pool: bytes) -> tuple[float, float]:
+    """Median ms of a 4 KiB read at the end of a 16 MiB object: ranged, and streamed to it."""
+    section = bank.get_section("bench")
+    pack = pool[: 16 << 20]
+    section.update_object("pack", pack)
+    offset = len(pack) - 8192
+    want = pack[offset : offset + 4096]
+
+    def streamed() -> bytes:
+        got, pos = [], 0
+        for block in section.get_object_stream("pack"):
+            if pos + len(block) > offset:
+                got.append(block[max(0, offset - pos) :])
+            pos += len(block)
+            if pos >= offset + 4096:
+                break
+        return b"".join(got)[:4096]
+
+    def ranged() -> bytes:
+        return section.get_object_range("pack", offset, 4096)
+
+    medians = []
+    for fn in (ranged, streamed):
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            if fn() != want:
+                raise AssertionError(f"{fn.__name__} read the wrong bytes")
+            times.append(time.perf_counter() - start)
+        medians.append(statistics.median(times) * 1000)
+    section.delete_object("pack")
+    return medians[0], medians[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1G", help="bytes to stream (K/M/G), default 1G")
@@ -110,7 +147,10 @@ def main() -> int:
     host = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus"
     print(f"# {host}, python {platform.python_version()}")
     print(f"# {size / 2**20:.0f} MiB per bank, part/segment {part / 2**20:.0f} MiB")
-    print(f"{'bank':<12}{'write MB/s':>12}{'read MB/s':>12}")
+    print(
+        f"{'bank':<12}{'write MB/s':>12}{'read MB/s':>12}"
+        f"{'lone 4K ranged ms':>19}{'streamed ms':>13}{'ratio':>7}"
+    )
     failed = False
     with tempfile.TemporaryDirectory(prefix="tutela-bench-") as tmp:
         for kind in args.banks.split(","):
@@ -135,8 +175,12 @@ def main() -> int:
             ok = written == size == got and (wd is None or wd.digest() == rd.digest())
             failed |= not ok
             mark = "" if ok else "  MISMATCH"
-            print(f"{kind:<12}{size / 1e6 / write_s:>12.1f}{size / 1e6 / read_s:>12.1f}{mark}")
             bank.delete_object("bench/object")
+            ranged_ms, streamed_ms = lone_chunk(bank, pool)
+            print(
+                f"{kind:<12}{size / 1e6 / write_s:>12.1f}{size / 1e6 / read_s:>12.1f}"
+                f"{ranged_ms:>19.2f}{streamed_ms:>13.2f}{streamed_ms / ranged_ms:>7.1f}{mark}"
+            )
             if hasattr(plugin, "purge"):
                 plugin.purge()
             plugin.close()
