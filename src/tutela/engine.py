@@ -90,7 +90,14 @@ class ExecutorPolicy:
 class Dispatcher:
     """Runs batches of tasks somewhere and puts `[(node, t0, t1, error, extra), ...]` on the
     engine's done queue for each batch.  `extra` carries side effects of a remote hook (e.g.
-    new resources of a restore, bytes moved) and is None for local ones."""
+    new resources of a restore, bytes moved) and is None for local ones.
+
+    `cheap` (seconds) and `max_batch` size the batches: a hook kind whose mean duration is
+    under `cheap` rides with others, up to `max_batch` tasks.  They follow the cost of one
+    hand-off: a thread wake-up here, a network round trip for a remote dispatcher."""
+
+    cheap: float = CHEAP
+    max_batch: int = MAX_BATCH
 
     def start(self, flow: Flow) -> None:
         """Check, before anything runs, that every task can run somewhere."""
@@ -339,7 +346,7 @@ class Engine:
         advance,
         result: EngineResult,
     ) -> EngineResult:
-        """Hand batches to the executor; cheap tasks (measured, under CHEAP seconds) travel
+        """Hand batches to the executor; cheap tasks (measured, under `dispatcher.cheap`) travel
         together, so thousands of no-op hooks do not cost thousands of round trips, while
         slow hooks go one by one and never wait behind each other."""
         flow = self.flow
@@ -349,7 +356,8 @@ class Engine:
         affinity = dispatcher.affinity
         absorb = self.absorb
         held: list[int] = []  # popped but of another affinity than the batch being built
-        cost = [CHEAP * 4] * 4  # mean seconds per hook kind, learned as tasks finish
+        cheap, max_batch = dispatcher.cheap, dispatcher.max_batch
+        cost = [cheap * 4] * 4  # mean seconds per hook kind, learned as tasks finish
         limit = max(1, self.policy.in_flight_limit())
         workers = max(1, self.policy.max_workers)
         inflight = 0
@@ -358,7 +366,7 @@ class Engine:
             while ready and not stopping and inflight < limit:
                 batch: list[int] = []
                 key = None
-                while ready and len(batch) < MAX_BATCH:
+                while ready and len(batch) < max_batch:
                     node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
                         advance(node)
@@ -371,7 +379,7 @@ class Engine:
                     batch.append(node)
                     # Keep filling only with cheap tasks, and only while others remain for
                     # the other workers.
-                    if cost[node & 3] >= CHEAP or len(ready) <= workers:
+                    if cost[node & 3] >= cheap or len(ready) <= workers:
                         break
                 for node in held:
                     ready.push(node)
@@ -385,7 +393,7 @@ class Engine:
                         inflight == 0
                         and not ready
                         and len(batch) == 1
-                        and cost[batch[0] & 3] < CHEAP
+                        and cost[batch[0] & 3] < cheap
                         and dispatcher.run_here(batch)
                     ):
                         dispatcher.submit(batch)
