@@ -616,6 +616,10 @@ def test_flipped_bit_is_caught_naming_the_pack(bank: Bank, tmp_path: Path, encry
         report = store.verify(read_data=True)
         assert not report.ok
         assert any(path.name in e for e in report.errors)
+        # The pack no longer hashes to its name: every chunk in it is suspect, the one that
+        # fails to decode among them.
+        assert err.value.chunk in report.damaged_chunks
+        assert report.damaged_chunks == ref.chunk_ids()
         assert store.verify().ok  # a metadata-only check cannot see it
 
 
@@ -630,6 +634,7 @@ def test_verify_finds_missing_pack_and_unindexed_chunk(bank: Bank, tmp_path: Pat
         report = store.verify(referenced=ref.chunk_ids() | {"00" * 32})
         assert any(path.name in e and "missing" in e for e in report.errors)
         assert any("00" * 32 in e for e in report.errors)
+        assert report.damaged_chunks == ref.chunk_ids() | {"00" * 32}
         with pytest.raises(CorruptDataError, match=path.name):
             store.read_bytes(ref)
 

@@ -541,18 +541,7 @@ class Provider:
             result = store.verify(read_data=read_data, referenced=all_ids)
             report["packs_checked"] = result.packs_checked
             report["chunks_checked"] = result.chunks_checked
-            bad: set[str] = set()
-            if result.errors:
-                by_pack = store.pack_chunks()
-                for error in result.errors:
-                    words = error.split()
-                    if words[0] == "pack" and words[1].rstrip(":") in by_pack:
-                        bad.update(by_pack[words[1].rstrip(":")])
-                    elif words[0] == "chunk":
-                        bad.add(words[1].rstrip(":"))
-                    if "chunk" in words[2:]:
-                        i = words.index("chunk", 2)
-                        bad.add(words[i + 1].rstrip(":"))
+            bad = result.damaged_chunks
             for error in result.errors:
                 problems.append({"message": error})
             for resource in graph.nodes:

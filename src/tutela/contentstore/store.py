@@ -260,10 +260,14 @@ class StoreStats:
 
 @dataclass
 class VerifyReport:
+    """`errors` say what is wrong, naming pack and chunk; `damaged_chunks` (hex ids) are the
+    chunks they make unreadable or untrustworthy, so callers can name the files affected."""
+
     packs_checked: int = 0
     chunks_checked: int = 0
     errors: list[str] = field(default_factory=list)
     unindexed_packs: list[str] = field(default_factory=list)
+    damaged_chunks: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -1182,41 +1186,47 @@ class ContentStore:
             indexed.update(e[0] for e in entries)
             if pack not in in_bank:
                 report.errors.append(f"pack {pack}: missing ({len(entries)} chunks indexed)")
+                report.damaged_chunks.update(e[0].hex() for e in entries)
                 continue
             if not read_data:
                 size = self.section.object_size(pack_key(pack))
                 end = max((off + ln for _, off, ln, _ in entries), default=0)
                 if size < end:
                     report.errors.append(f"pack {pack}: {size} bytes, index needs {end}")
+                    report.damaged_chunks.update(e[0].hex() for e in entries)
                 continue
-            report.errors.extend(self._verify_pack(pack, entries, report))
+            self._verify_pack(pack, entries, report)
         for cid in referenced or ():
             if bytes.fromhex(cid) not in indexed:
                 report.errors.append(f"chunk {cid}: referenced but in no index segment")
+                report.damaged_chunks.add(cid)
         return report
 
-    def pack_chunks(self) -> dict[str, list[str]]:
-        """Every indexed pack and the chunk ids (hex) it holds, to tell what damage affects."""
-        _, packs = self._reload_full()
-        return {pack: [e[0].hex() for e in entries] for pack, entries in packs.items()}
-
-    def _verify_pack(self, pack: str, entries: PackEntries, report: VerifyReport) -> list[str]:
+    def _verify_pack(self, pack: str, entries: PackEntries, report: VerifyReport) -> None:
+        """Read one pack whole and check it; a pack-wide fault taints all its chunks."""
+        whole = [e[0].hex() for e in entries]
         try:
             data = self.section.get_object(pack_key(pack))
         except ObjectNotFound:
-            return [f"pack {pack}: missing"]
-        errors = []
+            report.errors.append(f"pack {pack}: missing")
+            report.damaged_chunks.update(whole)
+            return
         if blake3.blake3(data).hexdigest() != pack:
-            errors.append(f"pack {pack}: content does not hash to its name (damaged)")
+            report.errors.append(f"pack {pack}: content does not hash to its name (damaged)")
+            report.damaged_chunks.update(whole)
         try:
             header = {e[0]: e for e in parse_header(data, self.keys.cipher)}
         except (DecryptError, ValueError) as exc:
-            errors.append(f"pack {pack}: header unreadable ({exc})")
+            report.errors.append(f"pack {pack}: header unreadable ({exc})")
+            report.damaged_chunks.update(whole)
             header = {}
         jobs = []
         for cid, off, ln, raw in entries:
             if header and header.get(cid) != (cid, off, ln, raw):
-                errors.append(f"pack {pack}: chunk {cid.hex()} not in the pack header as indexed")
+                report.errors.append(
+                    f"pack {pack}: chunk {cid.hex()} not in the pack header as indexed"
+                )
+                report.damaged_chunks.add(cid.hex())
             entry = BlobEntry(pack, off, ln, raw)
             jobs.append(self._pool.submit(self._decode, cid, entry, data[off : off + ln]))
         for fut in jobs:
@@ -1224,8 +1234,9 @@ class ContentStore:
             try:
                 fut.result()
             except CorruptDataError as exc:
-                errors.append(str(exc))
-        return errors
+                report.errors.append(str(exc))
+                report.damaged_chunks.add(exc.chunk or "")
+        report.damaged_chunks.discard("")
 
     # -- garbage collection ----------------------------------------------------------------
     def sweep(self, referenced: Iterable[str], repack_threshold: float = 0.3) -> SweepReport:
