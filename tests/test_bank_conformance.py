@@ -494,9 +494,10 @@ def test_content_store_on_every_bank(bank_factory: Factory, tmp_path) -> None:
     assert len(packs) >= 4
     with ContentStore.open(section, config, password="pw") as store:
         assert store.read_bytes(kept) == keep
-        again = store.write_bytes(keep + drop)  # every chunk already stored
+        again = store.write_bytes(keep + drop)  # only chunks around the seam are new
         store.flush()
-        assert store.stats.chunks_new <= 2 and store.read_bytes(again) == keep + drop
+        assert store.stats.bytes_new < 4 * 256 * 1024  # a few chunks of at most 256K
+        assert store.read_bytes(again) == keep + drop
     # One chunk out of an old pack: a ranged read on every bank.
     lone = type(kept)(size=kept.chunks[1][1], digest=kept.chunks[1][0], chunks=(kept.chunks[1],))
     with ContentStore.open(section, config, password="pw") as store:

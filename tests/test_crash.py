@@ -212,7 +212,7 @@ def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
 
 
 # -- deterministic crash points -------------------------------------------------------------
-LEASE = 2.0  # the crash bank's lease_expire_window: a killed owner's lease lapses this fast
+LEASE = 3.0  # the crash bank's lease_expire_window: a killed owner's lease lapses this fast
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def crash_setup(setup, tmp_path):
     text = conf.read_text().replace("bank = filesystem", "bank = crashbank:CrashingBank")
     text = text.replace(
         "[filesystem_bank]",
-        "[filesystem_bank]\nlease_expire_window = 2\nlease_validity_window = 1.5\n"
+        "[filesystem_bank]\nlease_expire_window = 3\nlease_validity_window = 2.5\n"
         "lease_renew_window = 0.5",
     )
     conf.write_text(text)

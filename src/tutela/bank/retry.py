@@ -78,6 +78,16 @@ class Transient(Exception):
         self.cause = cause
 
 
+def checked_range(data: bytes, expected: int, asked: int, what: str) -> bytes:
+    """The body of a ranged GET: shorter than its Content-Length is worth another try, more
+    than the range asked for is refused."""
+    if len(data) != expected:
+        raise Transient(f"short read ({len(data)} of {expected} bytes)")
+    if len(data) > asked:
+        raise BankError(f"{what} answered more than asked")
+    return data
+
+
 def call_with_retry(
     policy: RetryPolicy,
     what: str,

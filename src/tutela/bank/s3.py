@@ -56,6 +56,7 @@ from tutela.bank.retry import (
     RetryPolicy,
     Transient,
     call_with_retry,
+    checked_range,
 )
 from tutela.bank.swift import BlockReader, Options, Spool, is_broken_read
 from tutela.config import ProviderConfig
@@ -429,11 +430,7 @@ class S3Bank(LeasedStore, BankPlugin):
             finally:
                 body.close()
             expected = int(answer.get("ContentLength", len(data)))
-            if len(data) != expected:
-                raise Transient(f"short read ({len(data)} of {expected} bytes)")
-            if len(data) > length:
-                raise BankError(f"s3 bank: ranged get of {key!r} answered more than asked")
-            return data
+            return checked_range(data, expected, length, f"s3 bank: ranged get of {key!r}")
 
         try:
             return self._call("get range", key, fetch, passthrough=("404", "NoSuchKey"))

@@ -53,6 +53,7 @@ from tutela.bank.retry import (
     RetryPolicy,
     Transient,
     call_with_retry,
+    checked_range,
 )
 from tutela.config import ProviderConfig
 from tutela.errors import BankError, InvalidKeyError, ObjectNotFound
@@ -632,11 +633,7 @@ class SwiftBank(LeasedStore, BankPlugin):
                     return b""
                 raise
             expected = int(answer.get("content-length", len(body)))
-            if len(body) != expected:
-                raise Transient(f"short read ({len(body)} of {expected} bytes)")
-            if len(body) > length:
-                raise BankError(f"swift bank: ranged get of {key!r} answered more than asked")
-            return body
+            return checked_range(body, expected, length, f"swift bank: ranged get of {key!r}")
 
         try:
             return self._call("get range", key, fetch)

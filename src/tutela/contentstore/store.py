@@ -89,8 +89,8 @@ def _start_time(pid: int) -> str:
 
 @functools.cache
 def _process_mark() -> dict[str, str] | None:
-    """Where this process runs, precisely enough for a later look to tell that it is gone:
-    the boot, the pid namespace and the process's start time (a reused pid has another)."""
+    """Where this process runs: the boot and the pid namespace.  With the process's start
+    time (a reused pid has another), a later look on this machine can tell that it is gone."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
             boot = fh.read().strip()
@@ -108,6 +108,8 @@ def _process_gone(doc: dict[str, Any]) -> bool:
     if here is None or not isinstance(there, dict):
         return False
     if there.get("boot") != here["boot"] or there.get("pidns") != here["pidns"]:
+        return False
+    if not there.get("start"):
         return False
     try:
         return _start_time(int(doc["pid"])) != there.get("start")
@@ -1235,8 +1237,8 @@ class ContentStore:
                 fut.result()
             except CorruptDataError as exc:
                 report.errors.append(str(exc))
-                report.damaged_chunks.add(exc.chunk or "")
-        report.damaged_chunks.discard("")
+                if exc.chunk:
+                    report.damaged_chunks.add(exc.chunk)
 
     # -- garbage collection ----------------------------------------------------------------
     def sweep(self, referenced: Iterable[str], repack_threshold: float = 0.3) -> SweepReport:
