@@ -249,6 +249,34 @@ def test_prune_deletes_by_policy_and_frees_space(make_provider, tmp_path):
     assert [c.id for c in provider.checkpoints.list()] == [ids[2]]
 
 
+def test_prune_cli_shows_each_delete_and_can_be_quiet(
+    make_provider, tmp_path, capsys, env_config_dir
+):
+    src = tree(tmp_path / "src", n=3, size=50_000)
+    provider = make_provider()
+    ids = []
+    for _ in range(4):
+        (src / "a" / "f0.bin").write_bytes(os.urandom(60_000))
+        ids.append(provider.protect([Resource(DIR, str(src))]).id)
+    provider.close()
+    (env_config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
+    )
+    assert main(["prune", "--keep-last", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"delete  {ids[0]}" in out and f"delete  {ids[1]}" in out
+    lines = err.splitlines()
+    for cid in ids[:2]:  # each delete counted from zero, the second not on top of the first
+        end = [line for line in lines if line.startswith(f"delete {cid}: ")][-1]
+        done, total = end.split("(", 1)[1].split(" tasks")[0].split("/")
+        assert done == total != "0", end
+    assert any("freeing the space" in line for line in lines)
+    assert main(["prune", "--keep-last", "1", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert f"delete  {ids[2]}" in out and err == ""
+
+
 def test_encrypted_bank_holds_no_file_names_or_contents_in_the_clear(
     make_provider, tmp_path, monkeypatch
 ):

@@ -336,7 +336,8 @@ def cmd_prune(args) -> int:
         raise CLIError(
             "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly"
         )
-    result = provider.prune(policy, dry_run=args.dry_run, progress=make_progress(quiet=True))
+    progress = make_progress(quiet=args.quiet or args.dry_run)
+    result = provider.prune(policy, dry_run=args.dry_run, progress=progress)
     if args.json:
         print_json(result)
         return 1 if result["failed"] else 0
@@ -533,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     for rule in ("last", "daily", "weekly", "monthly"):
         p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("restore", parents=[common, run], help="restore a checkpoint")

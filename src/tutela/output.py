@@ -52,6 +52,14 @@ class _Counts:
         self.running: dict[tuple[Resource, str], float] = {}
         self.t0 = time.monotonic()
 
+    def restart(self, kind: str, record_id: str, total: int) -> None:
+        """Count a new operation from zero (prune runs several with one display)."""
+        with self.lock:
+            self.kind, self.record_id, self.total = kind, record_id, total
+            self.done = self.failed = self.bytes = 0
+            self.running.clear()
+            self.t0 = time.monotonic()
+
 
 class PlainProgress(Progress):
     """Plain lines on stderr: a start line, a status line every `interval` seconds, each
@@ -68,9 +76,8 @@ class PlainProgress(Progress):
         self.stream.flush()
 
     def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
-        with self.c.lock:
-            self.c.kind, self.c.record_id, self.c.total = kind, record_id, tasks
-            self.c.t0 = self._last = time.monotonic()
+        self.c.restart(kind, record_id, tasks)
+        self._last = time.monotonic()
         self._line(f"{kind} {record_id}: {resources} resources, {tasks} tasks")
 
     def task_started(self, resource: Resource, hook: str) -> None:
@@ -146,9 +153,7 @@ class LiveProgress(PlainProgress):
         return Text("\n".join(lines))
 
     def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
-        with self.c.lock:
-            self.c.kind, self.c.record_id, self.c.total = kind, record_id, tasks
-            self.c.t0 = time.monotonic()
+        self.c.restart(kind, record_id, tasks)
         self.live.start()
 
     def _line(self, text: str) -> None:

@@ -589,7 +589,11 @@ class Provider:
                         deleted.append(cid)
                     except TutelaError as exc:
                         failed.append({"id": cid, "error": str(exc)})
-        sweep = None if dry_run else self.collect_garbage()
+        sweep = None
+        if not dry_run:
+            if progress is not None:
+                progress.message("freeing the space no remaining checkpoint refers to")
+            sweep = self.collect_garbage()
         return {
             "dry_run": dry_run,
             "groups": plan,
