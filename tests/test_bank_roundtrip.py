@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from concurrently import protect_during_delete
 from tutela import OperationFailed, Provider, ProviderConfig, Resource
 from tutela.operations import Progress
 
@@ -235,16 +236,7 @@ def test_delete_during_protect_loses_nothing_on_each_bank(kind, request, tmp_pat
         old = protector.protect([Resource(DIR, str(src))])
         for i in range(4):
             (src / f"new{i}.bin").write_bytes(os.urandom(1_500_000))
-        results: dict[str, object] = {}
-
-        def protect() -> None:
-            results["new"] = protector.protect([Resource(DIR, str(src))])
-
-        t = threading.Thread(target=protect)
-        t.start()
-        deleter.delete(old.id)
-        t.join()
-        new = results["new"]
+        new = protect_during_delete(protector, deleter, Resource(DIR, str(src)), old.id)
         deleter.collect_garbage()
         out = tmp_path / "restored"
         deleter.restore(new.id, {DIR: {"target": str(out)}})

@@ -75,7 +75,7 @@ def run_cli(
         **(extra_env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tutela", *args, *([] if args[0] == "prune" else ["-q"])],
+        [sys.executable, "-m", "tutela", *args, "-q"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 
+from concurrently import protect_during_delete
 from tutela import OperationFailed, Resource
 from tutela.cli import main
 from tutela.retention import Policy, select
@@ -195,16 +195,7 @@ def test_delete_and_protect_at_the_same_time_lose_nothing(make_provider, tmp_pat
     protector = make_provider()
     deleter = make_provider()  # another writer on the same bank, as another process would be
     old = protector.protect([Resource(DIR, str(src))])
-    results: dict[str, object] = {}
-
-    def protect():
-        results["new"] = protector.protect([Resource(DIR, str(src))])
-
-    t = threading.Thread(target=protect)
-    t.start()
-    deleter.delete(old.id)
-    t.join()
-    new = results["new"]
+    new = protect_during_delete(protector, deleter, Resource(DIR, str(src)), old.id)
     out = tmp_path / "out"
     deleter.close()
     protector.close()
@@ -234,13 +225,19 @@ def test_retention_policy_selection():
     assert sorted(kept) == ["c3", "c4"]
 
 
+def protect_versions(provider, src, count: int, size: int) -> list[str]:
+    """`count` checkpoints of `src`, a/f0.bin rewritten with `size` new bytes before each."""
+    ids = []
+    for _ in range(count):
+        (src / "a" / "f0.bin").write_bytes(os.urandom(size))
+        ids.append(provider.protect([Resource(DIR, str(src))]).id)
+    return ids
+
+
 def test_prune_deletes_by_policy_and_frees_space(make_provider, tmp_path):
     src = tree(tmp_path / "src", n=5, size=100_000)
     provider = make_provider()
-    ids = []
-    for _ in range(3):
-        (src / "a" / "f0.bin").write_bytes(os.urandom(300_000))
-        ids.append(provider.protect([Resource(DIR, str(src))]).id)
+    ids = protect_versions(provider, src, 3, 300_000)
     dry = provider.prune(Policy(keep_last=1), dry_run=True)
     assert sorted(dry["groups"][0]["delete"]) == sorted(ids[:2]) and dry["deleted"] == []
     result = provider.prune(Policy(keep_last=1))
@@ -254,10 +251,7 @@ def test_prune_cli_shows_each_delete_and_can_be_quiet(
 ):
     src = tree(tmp_path / "src", n=3, size=50_000)
     provider = make_provider()
-    ids = []
-    for _ in range(4):
-        (src / "a" / "f0.bin").write_bytes(os.urandom(60_000))
-        ids.append(provider.protect([Resource(DIR, str(src))]).id)
+    ids = protect_versions(provider, src, 4, 60_000)
     provider.close()
     (env_config_dir / "p.conf").write_text(
         f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
