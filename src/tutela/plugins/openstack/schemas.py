@@ -132,6 +132,8 @@ VOLUME_SAVED: dict[str, Any] = {
         "snapshot_deleted_at": _TIME,
         "backup_id": {"type": ["string", "null"]},
         "backup_at": _TIME,
+        "backup_failed": {"type": "boolean"},
+        "failed_backup_id": {"type": "string"},
         "size_bytes": {"type": "integer"},
     },
     "required": ["project_id"],

@@ -254,6 +254,10 @@ class ProtectVolume(_VolumeOperation):
                 reason=_backup_reason,
             )
         except TutelaError:
+            # Whatever Cinder does with this backup later, it is not this checkpoint's: a
+            # cinder-backup restarted with the create request still queued resets the backup
+            # to error and then runs the request anyway, to `available`.  on_abort removes it.
+            update_info(checkpoint, backup_failed=True)
             # A failed backup no longer holds the snapshot: free it now.  One still running
             # (a timeout) keeps it; on_abort waits for the backup, then deletes both.
             try:
@@ -281,8 +285,8 @@ class ProtectVolume(_VolumeOperation):
         update_info(checkpoint, snapshot_deleted_at=time.time())
 
     def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
-        """No snapshot stays behind; a backup that failed is removed (a good one stays for
-        the checkpoint's delete)."""
+        """No snapshot stays behind; a backup that failed is removed, also one that Cinder
+        finished after reporting it failed (a good one stays for the checkpoint's delete)."""
         info = read_info(checkpoint)
         if not info.get("snapshot_id"):
             return
@@ -299,7 +303,7 @@ class ProtectVolume(_VolumeOperation):
                     self.clients,
                     context,
                 )
-            if backup is not None and backup.status == "error":
+            if backup is not None and (backup.status == "error" or info.get("backup_failed")):
                 # backup_id stays until the backup is gone: if this fails, the checkpoint's
                 # delete removes it.
                 _delete_backup(self.clients, conn, backup_id, context)
