@@ -138,3 +138,57 @@ def test_inline_comments_as_in_the_readme(env_config_dir, tmp_path):
     reg = ProviderRegistry.load()
     assert not reg.errors, reg.errors
     assert reg.providers[0].id == "c1" and reg.providers[0].policy.name == "threads"
+
+
+def test_typos_in_tutela_own_sections_are_refused_not_ignored(env_config_dir, tmp_path, capsys):
+    """A misspelt key or section must not fall back to a default: `encrypton` would have
+    made a plaintext store without a word."""
+    d = env_config_dir
+    bank = tmp_path / "bank"
+    write(d, "key.conf", GOOD.format(root=bank) + "\n[content_store]\nencrypton = aes-256-gcm\n")
+    write(
+        d,
+        "section.conf",
+        GOOD.format(root=bank).replace("id = good-1", "id = s-1")
+        + "\n[contentstore]\nencryption = aes-256-gcm\n",
+    )
+    write(
+        d,
+        "provider-key.conf",
+        GOOD.format(root=bank).replace("id = good-1", "id = p-1\nmax_worker = 4"),
+    )
+    reg = ProviderRegistry.load()
+    errors = errors_by_file(reg)
+    assert not reg.providers
+    assert str(errors["key.conf"]).endswith(
+        "key.conf: [content_store] encrypton: unknown key; did you mean 'encryption'?"
+    )
+    assert "section.conf: [contentstore]: unknown section; did you mean [content_store]?" in str(
+        errors["section.conf"]
+    )
+    assert "[provider] max_worker: unknown key; did you mean 'max_workers'?" in str(
+        errors["provider-key.conf"]
+    )
+    # Nothing was created in the bank by the refused files.
+    assert not (bank / "objects" / "content").exists()
+
+
+def test_content_store_settings_are_checked_when_the_provider_loads(env_config_dir, tmp_path):
+    """A wrong [content_store] value shows in `tutela providers`, before any checkpoint."""
+    d = env_config_dir
+    bank = tmp_path / "bank"
+    cases = {
+        "lz4.conf": ("compression = lz4", "[content_store] compression: must be 'zstd' or 'none'"),
+        "max.conf": ("chunk_max = 2G", "[content_store] chunk_max: chunk_max must be between"),
+        "order.conf": (
+            "chunk_min = 1M\nchunk_avg = 512K",
+            "[content_store] chunk_min: chunk sizes must satisfy",
+        ),
+        "pack.conf": ("pack_size = 0", "[content_store] pack_size: must be between 1M and 1G"),
+    }
+    for i, (name, (line, _)) in enumerate(cases.items()):
+        text = GOOD.format(root=bank).replace("id = good-1", f"id = c-{i}")
+        write(d, name, text + f"\n[content_store]\n{line}\n")
+    errors = errors_by_file(ProviderRegistry.load())
+    for name, (_, expected) in cases.items():
+        assert expected in str(errors[name]), (name, str(errors[name]))

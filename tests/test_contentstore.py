@@ -539,6 +539,40 @@ def test_password_from_env_and_file(
         assert store.read_bytes(ref) == b"abc" * 5000
 
 
+def test_password_file_first_line_any_bytes(
+    bank: Bank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first line of a password file is the passphrase, whatever its encoding; an empty
+    one is named; a store made when the whole file counted still opens."""
+    monkeypatch.delenv("TUTELA_PASSWORD", raising=False)
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"caf\xe9 latin-1\r\n# a comment line\n")
+    with open_store(bank, tmp_path, encryption="aes-256-gcm", password_file=str(pw)) as store:
+        ref = store.write_bytes(b"x" * 9000)
+    pw.write_bytes(b"caf\xe9 latin-1\n")  # the same first line, nothing after it
+    with open_store(bank, tmp_path, password_file=str(pw)) as store:
+        assert store.read_bytes(ref) == b"x" * 9000
+    pw.write_bytes(b"caf\xe9 latin-2\n")
+    with pytest.raises(WrongPasswordError, match="wrong passphrase"):
+        open_store(bank, tmp_path, password_file=str(pw))
+    pw.write_bytes(b"\nsecond line\n")
+    with pytest.raises(MissingPasswordError, match="holds no passphrase") as err:
+        open_store(bank, tmp_path, password_file=str(pw))
+    assert "second line" not in str(err.value)
+
+    # A store whose passphrase was a whole two-line file (the rule before the first line).
+    old = tmp_path / "old"
+    old.mkdir()
+    section = bank.get_section("old-store")
+    with ContentStore.open(
+        section, make_config(old, encryption="aes-256-gcm"), password="a\nb"
+    ) as s:
+        ref = s.write_bytes(b"old" * 3000)
+    pw.write_bytes(b"a\nb\n")
+    with ContentStore.open(section, make_config(old, password_file=str(pw))) as s:
+        assert s.read_bytes(ref) == b"old" * 3000
+
+
 def test_key_file(bank: Bank, tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_bytes(os.urandom(32))
@@ -616,11 +650,43 @@ def test_flipped_bit_is_caught_naming_the_pack(bank: Bank, tmp_path: Path, encry
         report = store.verify(read_data=True)
         assert not report.ok
         assert any(path.name in e for e in report.errors)
-        # The pack no longer hashes to its name: every chunk in it is suspect, the one that
-        # fails to decode among them.
-        assert err.value.chunk in report.damaged_chunks
-        assert report.damaged_chunks == ref.chunk_ids()
+        assert any("does not hash to its name" in e for e in report.errors)
+        # Each chunk is judged by its own check: only the one that fails is damaged (the
+        # others authenticate, or hash to their ids, and restore fine).
+        assert report.damaged_chunks == {err.value.chunk}
         assert store.verify().ok  # a metadata-only check cannot see it
+
+
+def test_verify_of_some_chunks_reads_only_their_packs(bank: Bank, tmp_path: Path) -> None:
+    """A checkpoint's verify judges its own chunks: damage in a pack it does not use is not
+    its problem, and damage elsewhere in a pack it shares is a warning, not an error."""
+    with open_store(bank, tmp_path, PASSWORD, encryption="aes-256-gcm") as s:
+        a = s.write_bytes(rand(12_000, 1))  # one chunk each: under the minimum chunk size
+        s.flush()  # a's pack is sealed before b's chunks arrive
+        b = s.write_bytes(rand(12_000, 2))
+        c = s.write_bytes(rand(12_000, 3))
+    with open_store(bank, tmp_path, PASSWORD) as s:
+        locate = s._locate  # where each chunk landed
+        [a_id] = a.chunk_ids()
+        [b_id] = b.chunk_ids()
+        [c_id] = c.chunk_ids()
+        a_pack = locate(bytes.fromhex(a_id)).pack
+        b_at, c_at = locate(bytes.fromhex(b_id)), locate(bytes.fromhex(c_id))
+    assert b_at.pack == c_at.pack != a_pack
+    shared = next(p for p in pack_files(tmp_path) if p.name == b_at.pack)
+    raw = bytearray(shared.read_bytes())
+    raw[c_at.offset + 100] ^= 1  # c's bytes, in the pack that b shares
+    shared.write_bytes(bytes(raw))
+    with open_store(bank, tmp_path, PASSWORD) as s:
+        only_a = s.verify(read_data=True, referenced=a.chunk_ids())
+        assert only_a.ok and only_a.packs_checked == 1 and not only_a.warnings
+        only_b = s.verify(read_data=True, referenced=b.chunk_ids())
+        assert only_b.ok, only_b.errors
+        assert only_b.warnings and shared.name in only_b.warnings[0]
+        assert s.read_bytes(b) == rand(12_000, 2)
+        only_c = s.verify(read_data=True, referenced=c.chunk_ids())
+        assert not only_c.ok and only_c.damaged_chunks == {c_id}
+        assert any("does not hash to its name" in e for e in only_c.errors)
 
 
 def test_verify_finds_missing_pack_and_unindexed_chunk(bank: Bank, tmp_path: Path) -> None:

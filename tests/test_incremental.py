@@ -172,6 +172,35 @@ def test_verify_catches_a_flipped_bit(make_provider, tmp_path, capsys, env_confi
     assert "DAMAGED" in capsys.readouterr().out
 
 
+def test_verify_promises_only_for_available_checkpoints_and_survives_a_damaged_list(
+    make_provider, tmp_path
+):
+    """A deleted checkpoint is not "ok"; a damaged file list is reported, not raised."""
+    src = tree(tmp_path / "src", n=2)
+    provider = make_provider()
+    doomed = provider.protect([Resource(DIR, str(src))])
+    kept = provider.protect([Resource(DIR, str(src))])
+    provider.delete(doomed.id)
+    report = provider.verify(doomed.id)
+    assert not report["ok"]
+    assert "status is 'deleted'" in report["problems"][0]["message"]
+    # Damage the one chunk of the kept checkpoint's manifest (its file list).
+    store = provider.content_store()
+    section = kept.resource_section(Resource(DIR, str(src)), writable=False)
+    manifest = json.loads(section.get_object("manifest.ref"))
+    at = store._locate(bytes.fromhex(manifest["chunks"][0][0]))
+    provider.close()
+    [pack] = (tmp_path / "bank" / "objects" / "content" / "packs").rglob(at.pack)
+    raw = bytearray(pack.read_bytes())
+    raw[at.offset + 20] ^= 1
+    pack.write_bytes(bytes(raw))
+    provider = make_provider()
+    report = provider.verify(kept.id, read_data=True)
+    assert not report["ok"]
+    [item] = [p for p in report["problems"] if "resource" in p]
+    assert "list of files is unreadable" in item["message"]
+
+
 def test_delete_frees_space_but_keeps_what_others_need(make_provider, tmp_path):
     src = tree(tmp_path / "src", n=10, size=200_000)
     provider = make_provider()

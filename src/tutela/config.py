@@ -8,8 +8,9 @@ plugin.  Relative paths are taken relative to the file's own folder.
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,30 @@ class ProviderConfig:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sections())
+
+    def check_keys(self, section: str, known: Iterable[str]) -> None:
+        """Refuse a key of `section` that nothing reads: a typo must not silently fall back
+        to a default (a misspelt `encryption` would make a plaintext store)."""
+        if not self._parser.has_section(section):
+            return
+        known = sorted(known)
+        for key in self._parser.options(section):
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+                raise ConfigError(self.path, f"unknown key{hint}", f"{section}.{key}")
+
+    def check_sections(self, reserved: Iterable[str]) -> None:
+        """Refuse a section named like one of Tutela's own (`reserved`) but not exactly: its
+        keys would be ignored without a word (`[contentstore]` for `[content_store]`)."""
+        reserved = list(reserved)
+        for name in self.sections():
+            if name in reserved:
+                continue
+            squashed = name.lower().replace("-", "_").replace(" ", "_")
+            close = difflib.get_close_matches(squashed, reserved, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(self.path, f"unknown section; did you mean [{close[0]}]?", name)
 
     def error(self, message: str, key: str | None = None) -> ConfigError:
         return ConfigError(self.path, message, key)

@@ -57,6 +57,22 @@ from tutela.resource import Resource
 
 log = logging.getLogger(__name__)
 
+#: The keys of `[provider]`; any other is refused.
+PROVIDER_KEYS = frozenset(
+    {
+        "name",
+        "id",
+        "description",
+        "bank",
+        "plugin",
+        "protectable",
+        "executor",
+        "max_workers",
+        "scheduler_address",
+        "status_retry_seconds",
+    }
+)
+
 SCHEMA_GETTERS = {
     "protect": "get_options_schema",
     "restore": "get_restore_schema",
@@ -128,6 +144,14 @@ class Provider:
         path = config.path
         if not config.has_section("provider"):
             raise ConfigError(path, "has no [provider] section")
+        from tutela.contentstore.store import SECTION as STORE_SECTION
+        from tutela.contentstore.store import StoreSettings
+
+        config.check_keys("provider", PROVIDER_KEYS)
+        config.check_sections(["provider", STORE_SECTION])
+        # The content store's settings are checked now, not at the first protect: a wrong
+        # value must show in `tutela providers`, not as a failed checkpoint.
+        StoreSettings.from_config(config)
         pid = config.get("provider", "id")
         if not pid:
             raise ConfigError(path, "is required", "provider.id")
@@ -534,7 +558,13 @@ class Provider:
             "checkpoint": checkpoint.id,
             "status": checkpoint.status,
             "read_data": read_data,
+            "warnings": [],
         }
+        if checkpoint.status != AVAILABLE:
+            # Only an available checkpoint promises anything; say so rather than "ok".
+            problems.append(
+                {"message": f"status is {checkpoint.status!r}: not a complete checkpoint"}
+            )
         if chunks_of:
             store = self.content_store()
             all_ids = set().union(*chunks_of.values())
@@ -544,6 +574,7 @@ class Provider:
             bad = result.damaged_chunks
             for error in result.errors:
                 problems.append({"message": error})
+            report["warnings"].extend(result.warnings)
             for resource in graph.nodes:
                 hit = chunks_of.get(resource.key, set()) & bad
                 if not hit:
@@ -555,11 +586,14 @@ class Provider:
                 lister = getattr(self.type_map.get(resource.type), "list_files", None)
                 if lister is not None:
                     section = checkpoint.resource_section(resource, writable=False)
-                    item["files"] = [
-                        e["path"]
-                        for e in lister(section, resource, store=store)
-                        if "ref" in e and any(c[0] in hit for c in e["ref"]["chunks"])
-                    ]
+                    try:
+                        item["files"] = [
+                            e["path"]
+                            for e in lister(section, resource, store=store)
+                            if "ref" in e and any(c[0] in hit for c in e["ref"]["chunks"])
+                        ]
+                    except TutelaError as exc:  # the file list itself is damaged
+                        item["message"] += f"; its list of files is unreadable too ({exc})"
                 problems.append(item)
         report["problems"] = problems
         report["ok"] = not problems

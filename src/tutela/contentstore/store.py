@@ -120,6 +120,23 @@ def _process_gone(doc: dict[str, Any]) -> bool:
 
 
 # -- settings ----------------------------------------------------------------------------
+#: The keys of `[content_store]`; any other is refused (see ProviderConfig.check_keys).
+SETTINGS_KEYS = frozenset(
+    {
+        "chunk_min",
+        "chunk_avg",
+        "chunk_max",
+        "compression",
+        "compression_level",
+        "pack_size",
+        "encryption",
+        "password_file",
+        "key_file",
+        "cache_dir",
+    }
+)
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """The `[content_store]` section of a provider file, checked."""
@@ -138,6 +155,7 @@ class StoreSettings:
     def from_config(cls, config: ProviderConfig | None) -> StoreSettings:
         if config is None:
             return cls()
+        config.check_keys(SECTION, SETTINGS_KEYS)
         defaults = cls()
 
         def size(key: str, default: int) -> int:
@@ -156,7 +174,16 @@ class StoreSettings:
         )
         problem = params.problem()
         if problem:
-            raise config.error(problem, f"{SECTION}.chunk_avg")
+            # Name the key at fault: the one the message starts with, else (sizes out of
+            # order) the first one the file sets.
+            sizes = ("chunk_min", "chunk_avg", "chunk_max")
+            first = problem.split()[0]
+            key = (
+                first
+                if first in sizes
+                else next((k for k in sizes if config.get(SECTION, k)), "chunk_avg")
+            )
+            raise config.error(problem, f"{SECTION}.{key}")
         compression = (config.get(SECTION, "compression") or "zstd").lower()
         if compression not in ("zstd", "none"):
             raise config.error(
@@ -186,6 +213,18 @@ class StoreSettings:
             cache_dir=config.get_path(SECTION, "cache_dir"),
             config_path=config.path,
         )
+
+
+def _password_file(path: Path, where: str) -> bytes:
+    """The passphrase in a password file: its first line, as bytes (any encoding works,
+    the same bytes every time); empty when the file holds none."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MissingPasswordError(
+            f"{where}: cannot read password file {str(path)!r}: {exc.strerror}"
+        ) from None
+    return data.split(b"\n", 1)[0].rstrip(b"\r")
 
 
 # -- public records ----------------------------------------------------------------------
@@ -268,6 +307,7 @@ class VerifyReport:
     packs_checked: int = 0
     chunks_checked: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     unindexed_packs: list[str] = field(default_factory=list)
     damaged_chunks: set[str] = field(default_factory=set)
 
@@ -561,6 +601,15 @@ class ContentStore:
         try:
             return Keys.unwrap(algorithm, record, secret, doc["id"].encode())
         except DecryptError:
+            # Before 2026-12-05 a password file counted whole, not its first line: a store
+            # made then with a file of several lines still opens.
+            whole = None
+            if not keyfile and settings.password_file is not None:
+                with contextlib.suppress(OSError):
+                    whole = settings.password_file.read_bytes().rstrip(b"\r\n")
+            if whole and whole != secret and not (password or os.environ.get(PASSWORD_ENV)):
+                with contextlib.suppress(DecryptError):
+                    return Keys.unwrap(algorithm, record, whole, doc["id"].encode())
             what = "key file" if keyfile else "passphrase"
             raise WrongPasswordError(f"{where}: wrong {what}") from None
 
@@ -586,13 +635,13 @@ class ContentStore:
         if password is None:
             password = os.environ.get(PASSWORD_ENV) or None
         if password is None and settings.password_file is not None:
-            try:
-                password = settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
+            data = _password_file(settings.password_file, where)
+            if not data:
                 raise MissingPasswordError(
-                    f"{where}: cannot read password file {str(settings.password_file)!r}: "
-                    f"{exc.strerror}"
-                ) from None
+                    f"{where}: password file {str(settings.password_file)!r} holds no passphrase "
+                    "(its first line is empty)"
+                )
+            return data
         if password is None and sys.stdin is not None and sys.stdin.isatty():
             password = getpass.getpass(f"Passphrase for {where}: ")
             if confirm and getpass.getpass("Repeat passphrase: ") != password:
@@ -1175,17 +1224,27 @@ class ContentStore:
     ) -> VerifyReport:
         """Check the store: every indexed pack exists and is long enough; with `read_data`,
         every pack hashes to its name and every chunk decrypts, decompresses and hashes to its
-        id.  `referenced` chunk ids (hex) must all be indexed.  Problems are listed, naming
-        the pack and chunk; nothing raises for damage."""
+        id.  Problems are listed, naming the pack and chunk; nothing raises for damage.
+
+        With `referenced` (chunk ids, hex) only those chunks are checked, and only the packs
+        holding them are read: each must be indexed, present and intact.  Damage elsewhere in
+        a pack that holds one of them is a `warning` (the pack is damaged, these chunks are
+        not)."""
         self.flush()
         report = VerifyReport()
         _, packs = self._reload_full()
         in_bank = self._bank_packs()
-        report.unindexed_packs = sorted(in_bank - set(packs))
+        wanted = None if referenced is None else {bytes.fromhex(c) for c in referenced}
+        if wanted is None:
+            report.unindexed_packs = sorted(in_bank - set(packs))
         indexed: set[bytes] = set()
         for pack, entries in sorted(packs.items()):
-            report.packs_checked += 1
             indexed.update(e[0] for e in entries)
+            if wanted is not None:
+                entries = [e for e in entries if e[0] in wanted]
+                if not entries:
+                    continue
+            report.packs_checked += 1
             if pack not in in_bank:
                 report.errors.append(f"pack {pack}: missing ({len(entries)} chunks indexed)")
                 report.damaged_chunks.update(e[0].hex() for e in entries)
@@ -1197,31 +1256,36 @@ class ContentStore:
                     report.errors.append(f"pack {pack}: {size} bytes, index needs {end}")
                     report.damaged_chunks.update(e[0].hex() for e in entries)
                 continue
-            self._verify_pack(pack, entries, report)
-        for cid in referenced or ():
-            if bytes.fromhex(cid) not in indexed:
-                report.errors.append(f"chunk {cid}: referenced but in no index segment")
-                report.damaged_chunks.add(cid)
+            self._verify_pack(pack, entries, report, partial=wanted is not None)
+        for cid in sorted(wanted or ()):
+            if cid not in indexed:
+                report.errors.append(f"chunk {cid.hex()}: referenced but in no index segment")
+                report.damaged_chunks.add(cid.hex())
         return report
 
-    def _verify_pack(self, pack: str, entries: PackEntries, report: VerifyReport) -> None:
-        """Read one pack whole and check it; a pack-wide fault taints all its chunks."""
-        whole = [e[0].hex() for e in entries]
+    def _verify_pack(
+        self, pack: str, entries: PackEntries, report: VerifyReport, partial: bool = False
+    ) -> None:
+        """Read one pack whole and check `entries` in it.  Each chunk is judged by its own
+        check (it authenticates, or hashes to its id): a pack that does not hash to its name
+        or whose header is unreadable is damaged, but the chunks that pass are intact.  When
+        `partial` (only some of the pack's chunks are asked about) and every one of them
+        passes, the pack's own damage is a warning, not an error."""
         try:
             data = self.section.get_object(pack_key(pack))
         except ObjectNotFound:
             report.errors.append(f"pack {pack}: missing")
-            report.damaged_chunks.update(whole)
+            report.damaged_chunks.update(e[0].hex() for e in entries)
             return
+        pack_faults = []
         if blake3.blake3(data).hexdigest() != pack:
-            report.errors.append(f"pack {pack}: content does not hash to its name (damaged)")
-            report.damaged_chunks.update(whole)
+            pack_faults.append(f"pack {pack}: content does not hash to its name (damaged)")
         try:
             header = {e[0]: e for e in parse_header(data, self.keys.cipher)}
         except (DecryptError, ValueError) as exc:
-            report.errors.append(f"pack {pack}: header unreadable ({exc})")
-            report.damaged_chunks.update(whole)
+            pack_faults.append(f"pack {pack}: header unreadable ({exc})")
             header = {}
+        errors_before = len(report.errors)
         jobs = []
         for cid, off, ln, raw in entries:
             if header and header.get(cid) != (cid, off, ln, raw):
@@ -1239,6 +1303,13 @@ class ContentStore:
                 report.errors.append(str(exc))
                 if exc.chunk:
                     report.damaged_chunks.add(exc.chunk)
+        if partial and len(report.errors) == errors_before:
+            report.warnings.extend(
+                f"{fault}; the {len(entries)} chunk(s) asked about are intact"
+                for fault in pack_faults
+            )
+        else:
+            report.errors[errors_before:errors_before] = pack_faults
 
     # -- garbage collection ----------------------------------------------------------------
     def sweep(self, referenced: Iterable[str], repack_threshold: float = 0.3) -> SweepReport:
