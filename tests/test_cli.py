@@ -180,3 +180,227 @@ def test_filesystem_bank_reads_ranges(tmp_path):
     assert section.get_object_range("p", 250, 100) == bytes(range(250, 256))
     with pytest.raises(InvalidKeyError):
         section.get_object_range("../x", 0, 1)
+
+
+# -- review fixes: prune keeps, store locks, names, pipes, help, saved-info lists --------
+def _cp(capsys, src) -> str:
+    code, cp = run_json(capsys, "protect", "--resource", f"{DIR}={src}", "-q")
+    assert code == 0, cp
+    return cp["id"]
+
+
+def _usage_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err
+    return err
+
+
+@pytest.mark.parametrize("rule", ["last", "daily", "weekly", "monthly"])
+def test_prune_refuses_negative_keep_naming_the_option(setup, capsys, rule):
+    first, second = _cp(capsys, setup), _cp(capsys, setup)
+    err = _usage_error(capsys, ["prune", f"--keep-{rule}", "-1", "--dry-run"])
+    assert f"--keep-{rule}" in err
+    _, listed = run_json(capsys, "checkpoints", "list")
+    assert sorted(c["id"] for c in listed) == sorted([first, second])
+
+
+def test_prune_refuses_a_policy_that_keeps_nothing(setup, capsys):
+    cp = _cp(capsys, setup)
+    for argv in (
+        ["prune", "-q"],
+        ["prune", "--keep-last", "0", "-q"],
+        ["prune", "--keep-last", "0", "--keep-daily", "0", "--keep-weekly", "0", "-q"],
+    ):
+        assert "--keep-last" in _usage_error(capsys, argv)
+    code, listed = run_json(capsys, "checkpoints", "list")
+    assert [c["id"] for c in listed] == [cp]
+    # 0 for one rule is fine when another keeps something
+    code, result = run_json(capsys, "prune", "--keep-last", "1", "--keep-daily", "0", "--dry-run")
+    assert code == 0 and result["groups"][0]["keep"] == {cp: ["last"]}
+
+
+def test_retention_policy_refuses_negative_values():
+    from tutela.retention import Policy, select
+
+    with pytest.raises(ValueError, match="keep_last"):
+        Policy(keep_last=-1)
+    assert Policy(keep_last=0, keep_daily=1).empty() is False
+    with pytest.raises(ValueError):
+        select([("a", "2026-01-01T00:00:00Z", "available")], Policy())
+
+
+def _locks(tmp_path) -> list[str]:
+    folder = tmp_path / "bank" / "objects" / "content" / "locks"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_cli_leaves_no_store_lock_behind(setup, tmp_path, capsys):
+    first = _cp(capsys, setup)
+    assert _locks(tmp_path) == []
+    (setup / "new.txt").write_bytes(os.urandom(50_000))
+    second = _cp(capsys, setup)
+    assert _locks(tmp_path) == []
+    code, _ = run_json(capsys, "checkpoints", "ls", second)
+    assert code == 0 and _locks(tmp_path) == []
+    code, deleted = run_json(capsys, "delete", first, "-q")
+    assert code == 0 and deleted["status"] == "deleted"
+    assert _locks(tmp_path) == []
+    third = _cp(capsys, setup)
+    code, result = run_json(capsys, "prune", "--keep-last", "1", "-q")
+    assert code == 0 and result["deleted"] == [second]
+    assert _locks(tmp_path) == []
+    code, listed = run_json(capsys, "checkpoints", "list")
+    assert [c["id"] for c in listed] == [third]
+
+
+def _tutela(*argv, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tutela", *argv], capture_output=True, check=False, **kwargs
+    )
+
+
+def test_checkpoints_ls_shows_odd_names_one_per_line(setup, tmp_path, capsys):
+    raw = os.fsencode(setup)
+    for name in (b"bad\xffname", b"new\nline", b"back\\slash", b"tab\there", b"caf\xc3\xa9"):
+        with open(os.path.join(raw, name), "wb") as fh:
+            fh.write(b"x")
+    cp = _cp(capsys, setup)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    proc = _tutela("checkpoints", "ls", cp, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+    names = [line.split(b"  ")[-1] for line in proc.stdout.splitlines()]
+    assert b"bad\\377name" in names
+    assert b"new\\nline" in names
+    assert b"back\\\\slash" in names
+    assert b"tab\\there" in names
+    assert "café".encode() in names
+    entries = run_json(capsys, "checkpoints", "ls", cp)[1]
+    assert len(proc.stdout.splitlines()) == len(entries)  # one line per entry
+    # an output encoding that cannot show a name gets its UTF-8 bytes in octal, no crash
+    proc = _tutela("checkpoints", "ls", cp, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"caf\\303\\251" in proc.stdout.split()
+
+
+def test_shown_escapes_like_ls_b():
+    from tutela.cli import shown
+
+    assert shown("plain name.txt", "utf-8") == "plain name.txt"
+    assert shown(os.fsdecode(b"bad\xffname"), "utf-8") == "bad\\377name"
+    assert shown("a\nb\\c\x1b", "utf-8") == "a\\nb\\\\c\\033"
+    assert shown("café", "utf-8") == "café"
+    assert shown("café", "ascii") == "caf\\303\\251"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["providers"], ["checkpoints", "list"], ["checkpoints", "list", "--json"], ["ls"]],
+)
+def test_closed_stdout_ends_quietly_with_sigpipe_status(setup, capsys, argv):
+    if argv == ["ls"]:
+        argv = ["checkpoints", "ls", _cp(capsys, setup)]
+    else:
+        _cp(capsys, setup)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tutela", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr.decode()
+    assert proc.stderr == b""
+
+
+def _walk(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            names = list(action.choices)
+            helped = {a.dest for a in action._choices_actions if a.help}
+            assert helped == set(names), (path, set(names) - helped)
+            if path:
+                assert action.metavar == "|".join(names), path
+            for name, child in action.choices.items():
+                yield from _walk(child, (*path, name))
+        else:
+            yield path, action
+
+
+def test_every_option_and_subcommand_has_help():
+    from tutela.cli import build_parser
+
+    missing = [
+        (" ".join(path), action.option_strings or action.dest)
+        for path, action in _walk(build_parser())
+        if not action.help
+    ]
+    assert missing == []
+
+
+def test_checkpoints_usage_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["checkpoints", "--help"])
+    assert info.value.code == 0
+    assert "list|show|ls" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(setup, tmp_path, capsys):
+    cp = _cp(capsys, setup)
+    assert "--resource" in _usage_error(capsys, ["protect", "-q"])
+    assert "TYPE=ID" in _usage_error(capsys, ["protect", "--resource", "nonsense", "-q"])
+    assert "--parameters" in _usage_error(capsys, ["delete", cp, "--parameters", "x.json"])
+    assert "--max-workers" in _usage_error(capsys, ["restore", cp, "--max-workers", "0"])
+    assert "--resource" in _usage_error(capsys, ["flow"])
+    # the console script too, with its usage on stderr
+    proc = _tutela("protect", "-q", text=True)
+    assert proc.returncode == 2 and "usage: tutela protect" in proc.stderr
+    _, listed = run_json(capsys, "checkpoints", "list")
+    assert [c["id"] for c in listed] == [cp]
+
+
+def test_checkpoints_show_lists_list_values(setup, env_config_dir, tmp_path, capsys):
+    # a group's saved info holds its members, a list
+    members = [f"{DIR}={setup / 'sub'}", f"{DIR}={setup}"]
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(f"[groups.app]\nmembers = {json.dumps(members)}\n")
+    conf = env_config_dir / "p.conf"
+    conf.write_text(conf.read_text() + f"\n[group]\ninventory = {inventory}\n")
+    code, cp = run_json(capsys, "protect", "--resource", "Tutela::Group=app", "-q")
+    assert code == 0, cp
+    _, data = run_json(capsys, "checkpoints", "show", cp["id"])
+    info = next(r for r in data["resources"] if r["resource"]["type"] == "Tutela::Group")
+    keys = info["saved_info"]["members"]
+    assert len(keys) == 2
+    assert main(["checkpoints", "show", cp["id"]]) == 0
+    out = capsys.readouterr().out
+    assert f"      members: 2 ({keys[0]}, {keys[1]})" in out
+
+
+def test_saved_info_lines_show_lists_abbreviated():
+    from tutela.cli import saved_info_lines
+
+    info = {
+        "path": "/srv",
+        "files": 3,
+        "bytes": 2048,
+        "skipped": ["fifo", "sock"],
+        "vanished": [f"f{i}" for i in range(8)],
+        "changed_while_read": [],
+        "extra": {"a": 1},
+    }
+    lines = saved_info_lines(info)
+    assert lines[0] == "saved: path=/srv, files=3, bytes=2.0 KiB"
+    assert "skipped: 2 (fifo, sock)" in lines
+    assert "vanished: 8 (f0, f1, f2, f3, f4, ... 3 more)" in lines
+    assert "changed_while_read: 0" in lines
+    assert 'extra: {"a": 1}' in lines

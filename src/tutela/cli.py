@@ -1,12 +1,16 @@
 """The `tutela` command: argument parsing and one function per command; the work is done by
 the provider.  Every command takes `--json`; exit status is 0 on success, 1 when an operation
-or lookup fails, 2 for usage errors."""
+or lookup fails, 2 for usage errors, 141 (128 + SIGPIPE) when the reader of the output went
+away (`tutela ... | head -1`)."""
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
+import os
+import signal
 import sys
 from datetime import UTC, datetime
 
@@ -23,8 +27,127 @@ class CLIError(TutelaError):
     pass
 
 
+class UsageError(CLIError):
+    """The command line is wrong (not the world): exit status 2, with the command's usage."""
+
+
+#: Exit status when stdout is a pipe whose reader has gone, as a shell reports a process
+#: killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def _registry(args) -> ProviderRegistry:
-    return ProviderRegistry.load(args.config_dir)
+    reg = ProviderRegistry.load(args.config_dir)
+    opened = getattr(args, "opened", None)
+    if opened is not None:
+        opened.append(reg)  # main closes it: flushes the stores and drops their locks
+    return reg
+
+
+# -- argument types ------------------------------------------------------------------------
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _resource_arg(text: str) -> str:
+    """`TYPE=ID`, checked at parse time (argparse type); kept as text."""
+    try:
+        Resource.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# -- showing names -------------------------------------------------------------------------
+_ESCAPES = {
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\t": "\\t",
+    "\r": "\\r",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
+
+
+def _encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def shown(name: str, encoding: str | None = None) -> str:
+    """A file name (or link target) as one unambiguous line, like `ls -b`: a backslash is
+    doubled, control characters become C escapes (`\\n`) or octal (`\\033`), and the bytes
+    of a name that is not valid UTF-8 (surrogate escapes) or that the output's encoding cannot
+    show become octal escapes (`bad\\377name`)."""
+    if encoding is None:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        encoding = codecs.lookup(encoding).name
+    except LookupError:
+        encoding = "utf-8"
+    if name.isprintable() and "\\" not in name and _encodable(name, encoding):
+        return name
+    out = []
+    for ch in name:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte of the name (surrogateescape)
+            out.append(f"\\{ord(ch) - 0xDC00:03o}")
+        elif ch.isprintable() and _encodable(ch, encoding):
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def _value_text(value) -> str:
+    if isinstance(value, str):
+        return shown(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+#: `checkpoints show` names this many items of a list-valued saved-info field.
+SHOW_ITEMS = 5
+
+
+def saved_info_lines(info: dict) -> list[str]:
+    """The saved info of one resource for `checkpoints show`: the scalar fields on one
+    `saved:` line, then one line per list or mapping field, a list as its length and its
+    first few items (`skipped: 2 (fifo, sock)`)."""
+    scalars = []
+    lines = []
+    for k, v in info.items():
+        if isinstance(v, list | tuple):
+            items = ", ".join(_value_text(x) for x in v[:SHOW_ITEMS])
+            more = f", ... {len(v) - SHOW_ITEMS} more" if len(v) > SHOW_ITEMS else ""
+            lines.append(f"{shown(k)}: {len(v)}" + (f" ({items}{more})" if v else ""))
+        elif isinstance(v, dict):
+            lines.append(f"{shown(k)}: {_value_text(v)}")
+        elif k == "bytes" and isinstance(v, int):
+            scalars.append(f"{k}={human_bytes(v)}")
+        else:
+            scalars.append(f"{shown(k)}={shown(v) if isinstance(v, str) else v}")
+    return ([f"saved: {', '.join(scalars)}"] if scalars or not lines else []) + lines
 
 
 def _provider(reg: ProviderRegistry, ref: str | None) -> Provider:
@@ -163,10 +286,10 @@ def _dry_run_output(args, flow) -> None:
 
 
 def cmd_protect(args) -> int:
+    if not args.resource:
+        raise UsageError("protect needs at least one --resource TYPE=ID")
     reg = _registry(args)
     provider = _provider(reg, args.provider)
-    if not args.resource:
-        raise CLIError("protect needs at least one --resource TYPE=ID")
     resources = _resources(args.resource)
     parameters = load_parameters(args.parameters)
     if args.dry_run:
@@ -218,7 +341,7 @@ def cmd_checkpoints_list(args) -> int:
                 s["provider_id"],
                 s["status"] + (" (stale)" if s["stale"] else ""),
                 s["created_at"],
-                ", ".join(f"{r['type']}={r['id']}" for r in s["roots"]),
+                ", ".join(f"{r['type']}={shown(r['id'])}" for r in s["roots"]),
             ]
             for s in rows
         ],
@@ -268,17 +391,13 @@ def cmd_checkpoints_show(args) -> int:
     print("  resources:")
     for res in data["resources"]:
         r = res["resource"]
-        print(f"    {r['type']} {r['id']}: {res['status']}")
+        print(f"    {r['type']} {shown(r['id'])}: {res['status']}")
         if res["error"]:
             print(f"      error: {res['error']['hook']}: {res['error']['message']}")
         info = res["saved_info"]
         if isinstance(info, dict):
-            shown = ", ".join(
-                f"{k}={human_bytes(v) if k == 'bytes' and isinstance(v, int) else v}"
-                for k, v in info.items()
-                if not isinstance(v, list | dict)
-            )
-            print(f"      saved: {shown}")
+            for line in saved_info_lines(info):
+                print(f"      {line}")
     return 0
 
 
@@ -300,9 +419,10 @@ def cmd_checkpoints_ls(args) -> int:
     for r in rows:
         size = r.get("size", 0)
         when = datetime.fromtimestamp(r["mtime_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
-        target = f" -> {r['target']}" if r["type"] == "symlink" else ""
+        target = f" -> {shown(r['target'])}" if r["type"] == "symlink" else ""
+        root = shown(r["resource"].split("#", 1)[1])
         print(
-            f"{modes.get(r['type'], '?')}{r['mode']:04o} {size:>12} {when}  {r['resource'].split('#', 1)[1]}  {r['path']}{target}"
+            f"{modes.get(r['type'], '?')}{r['mode']:04o} {size:>12} {when}  {root}  {shown(r['path'])}{target}"
         )
     return 0
 
@@ -322,20 +442,23 @@ def cmd_verify(args) -> int:
             where = f"{p['resource']}: " if "resource" in p else ""
             print(f"  {where}{p['message']}")
             for f in p.get("files", [])[:20]:
-                print(f"    {f}")
+                print(f"    {shown(f)}")
+        for w in report.get("warnings", []):
+            print(f"  warning: {w}")
     return 0 if report["ok"] else 1
 
 
 def cmd_prune(args) -> int:
     from tutela.retention import Policy
 
-    reg = _registry(args)
-    provider = _provider(reg, args.provider)
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     if policy.empty():
-        raise CLIError(
-            "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly"
+        raise UsageError(
+            "prune needs at least one of --keep-last, --keep-daily, --keep-weekly, "
+            "--keep-monthly of 1 or more (it would delete every checkpoint)"
         )
+    reg = _registry(args)
+    provider = _provider(reg, args.provider)
     progress = make_progress(quiet=args.quiet or args.dry_run)
     result = provider.prune(policy, dry_run=args.dry_run, progress=progress)
     if args.json:
@@ -407,24 +530,26 @@ def cmd_delete(args) -> int:
 
 
 def cmd_flow(args) -> int:
+    if args.checkpoint and args.resource:
+        raise UsageError("give --resource (a protect flow) or --checkpoint, not both")
+    if args.checkpoint and args.operation == "protect":
+        raise UsageError("a checkpoint's flow is restore or delete; protect walks the live graph")
+    if not args.checkpoint and not args.resource:
+        raise UsageError(
+            "flow needs --resource TYPE=ID (protect) or --checkpoint ID (restore, delete)"
+        )
+    if not args.checkpoint and args.operation not in (None, "protect"):
+        raise UsageError(f"a {args.operation} flow is built from a checkpoint: give --checkpoint")
     reg = _registry(args)
     parameters = load_parameters(args.parameters)
     if args.checkpoint:
         provider, cp = reg.find_checkpoint(args.checkpoint, args.provider)
         operation = args.operation or "restore"
-        if operation == "protect":
-            raise CLIError("a checkpoint's flow is restore or delete; protect walks the live graph")
         flow = provider.build_flow(
             operation, cp.graph(), parameters if operation == "restore" else {}
         )
     else:
         provider = _provider(reg, args.provider)
-        if not args.resource:
-            raise CLIError(
-                "flow needs --resource TYPE=ID (protect) or --checkpoint ID (restore, delete)"
-            )
-        if args.operation not in (None, "protect"):
-            raise CLIError(f"a {args.operation} flow is built from a checkpoint: give --checkpoint")
         flow = provider.build_flow(
             "protect", provider.build_graph(_resources(args.resource)), parameters
         )
@@ -453,16 +578,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--executor", help="executor policy for this run (serial, threads, ...)")
     run.add_argument(
-        "--max-workers", type=int, metavar="N", help="parallel hooks (threads executor)"
+        "--max-workers", type=_positive, metavar="N", help="parallel hooks (threads executor)"
     )
     run.add_argument(
         "--scheduler-address", metavar="tcp://HOST:PORT", help="Dask scheduler (executor dask)"
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument("--dry-run", action="store_true", help="print the task flow; run nothing")
-    run.add_argument(
+    params = argparse.ArgumentParser(add_help=False)  # protect and restore; delete takes none
+    params.add_argument(
         "--parameters", metavar="FILE", help="JSON parameters keyed by TYPE or TYPE#ID"
     )
+    provider_help = "the provider, by id or name (needed when several are loaded)"
+    checkpoint_help = "a checkpoint id"
 
     parser = argparse.ArgumentParser(
         prog="tutela",
@@ -476,69 +604,86 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "providers", parents=[common], help="list providers and provider-file errors"
     )
-    p.set_defaults(func=cmd_providers)
+    p.set_defaults(func=cmd_providers, usage_parser=p)
 
     p = sub.add_parser("provider", parents=[common], help="show one provider")
     psub = p.add_subparsers(dest="provider_command", required=True, metavar="show")
     s = psub.add_parser("show", parents=[common], help="bank, plugins, resource types and schemas")
-    s.add_argument("provider", metavar="ID|NAME")
-    s.set_defaults(func=cmd_provider_show)
+    s.add_argument("provider", metavar="ID|NAME", help="the provider's id or name")
+    s.set_defaults(func=cmd_provider_show, usage_parser=s)
 
     p = sub.add_parser("resources", parents=[common], help="list protectable resources")
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.add_argument("--type", metavar="TYPE")
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.add_argument("--type", metavar="TYPE", help="only resources of this type")
     p.add_argument("--graph", action="store_true", help="print the dependency graph")
     p.add_argument(
         "--resource",
         action="append",
         default=[],
+        type=_resource_arg,
         metavar="TYPE=ID",
-        help="graph of these resources",
+        help="with --graph: the graph of these resources (repeatable)",
     )
-    p.set_defaults(func=cmd_resources)
+    p.set_defaults(func=cmd_resources, usage_parser=p)
 
     p = sub.add_parser(
-        "protect", parents=[common, run], help="protect resources into a new checkpoint"
+        "protect", parents=[common, run, params], help="protect resources into a new checkpoint"
     )
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.add_argument("--resource", action="append", default=[], metavar="TYPE=ID")
-    p.set_defaults(func=cmd_protect)
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        type=_resource_arg,
+        metavar="TYPE=ID",
+        help="a resource to protect, with everything it depends on (repeatable; required)",
+    )
+    p.set_defaults(func=cmd_protect, usage_parser=p)
 
-    p = sub.add_parser("checkpoints", parents=[common], help="list or show checkpoints")
-    csub = p.add_subparsers(dest="checkpoints_command", required=True, metavar="list|show")
-    s = csub.add_parser("list", parents=[common], help="newest first")
-    s.add_argument("--provider", metavar="ID|NAME")
-    s.add_argument("--status")
-    s.add_argument("--limit", type=int)
+    p = sub.add_parser("checkpoints", parents=[common], help="list, show or ls checkpoints")
+    csub = p.add_subparsers(dest="checkpoints_command", required=True)
+    s = csub.add_parser("list", parents=[common], help="list checkpoints, newest first")
+    s.add_argument("--provider", metavar="ID|NAME", help="only this provider's checkpoints")
+    s.add_argument(
+        "--status", metavar="STATUS", help="only checkpoints in this status (e.g. available)"
+    )
+    s.add_argument("--limit", type=_count, metavar="N", help="at most N checkpoints (0: all)")
     s.add_argument("--all", action="store_true", help="include deleted checkpoints")
-    s.set_defaults(func=cmd_checkpoints_list)
-    s = csub.add_parser("show", parents=[common])
-    s.add_argument("checkpoint", metavar="CHECKPOINT")
-    s.add_argument("--provider", metavar="ID|NAME")
-    s.set_defaults(func=cmd_checkpoints_show)
+    s.set_defaults(func=cmd_checkpoints_list, usage_parser=s)
+    s = csub.add_parser(
+        "show", parents=[common], help="one checkpoint: resources, status, saved info, errors"
+    )
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
+    s.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    s.set_defaults(func=cmd_checkpoints_show, usage_parser=s)
 
     s = csub.add_parser("ls", parents=[common], help="list the files of protected trees")
-    s.add_argument("checkpoint", metavar="CHECKPOINT")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     s.add_argument("path", nargs="?", metavar="PATH", help="only under this relative path")
-    s.add_argument("--provider", metavar="ID|NAME")
-    s.set_defaults(func=cmd_checkpoints_ls)
+    s.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    s.set_defaults(func=cmd_checkpoints_ls, usage_parser=s)
 
     p = sub.add_parser("verify", parents=[common], help="check a checkpoint's data")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     p.add_argument("--read-data", action="store_true", help="read and check every chunk")
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.set_defaults(func=cmd_verify)
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.set_defaults(func=cmd_verify, usage_parser=p)
 
     p = sub.add_parser("prune", parents=[common], help="delete checkpoints by a retention policy")
-    p.add_argument("--provider", metavar="ID|NAME")
-    for rule in ("last", "daily", "weekly", "monthly"):
-        p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N")
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    for rule, what in (
+        ("last", "the newest N checkpoints"),
+        ("daily", "the newest checkpoint of each of the last N days that have one"),
+        ("weekly", "the newest checkpoint of each of the last N ISO weeks that have one"),
+        ("monthly", "the newest checkpoint of each of the last N months that have one"),
+    ):
+        p.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N", help=f"keep {what}")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
-    p.set_defaults(func=cmd_prune)
+    p.set_defaults(func=cmd_prune, usage_parser=p)
 
-    p = sub.add_parser("restore", parents=[common, run], help="restore a checkpoint")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p = sub.add_parser("restore", parents=[common, run, params], help="restore a checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     p.add_argument(
         "--path",
         action="append",
@@ -546,42 +691,84 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="restore only this path of directories (repeatable)",
     )
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.set_defaults(func=cmd_restore)
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.set_defaults(func=cmd_restore, usage_parser=p)
 
     p = sub.add_parser("restores", parents=[common], help="show a restore record")
-    rsub = p.add_subparsers(dest="restores_command", required=True, metavar="show")
-    s = rsub.add_parser("show", parents=[common])
-    s.add_argument("restore", metavar="RESTORE")
-    s.set_defaults(func=cmd_restores_show)
+    rsub = p.add_subparsers(dest="restores_command", required=True)
+    s = rsub.add_parser("show", parents=[common], help="one restore record, as JSON")
+    s.add_argument("restore", metavar="RESTORE", help="a restore id")
+    s.set_defaults(func=cmd_restores_show, usage_parser=s)
 
     p = sub.add_parser("delete", parents=[common, run], help="delete a checkpoint and its data")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.set_defaults(func=cmd_delete)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.set_defaults(func=cmd_delete, usage_parser=p)
 
     p = sub.add_parser("flow", parents=[common], help="export a task flow (dot, json, text)")
-    p.add_argument("--provider", metavar="ID|NAME")
-    p.add_argument("--resource", action="append", default=[], metavar="TYPE=ID")
-    p.add_argument("--checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--operation", choices=["protect", "restore", "delete"])
-    p.add_argument("--parameters", metavar="FILE")
-    p.add_argument("--format", choices=["dot", "json", "text"], default="text")
-    p.set_defaults(func=cmd_flow)
+    p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        type=_resource_arg,
+        metavar="TYPE=ID",
+        help="the protect flow of these resources (repeatable)",
+    )
+    p.add_argument(
+        "--checkpoint", metavar="CHECKPOINT", help="the restore or delete flow of a checkpoint"
+    )
+    p.add_argument(
+        "--operation",
+        choices=["protect", "restore", "delete"],
+        help="which flow (default: protect with --resource, restore with --checkpoint)",
+    )
+    p.add_argument("--parameters", metavar="FILE", help="JSON parameters keyed by TYPE or TYPE#ID")
+    p.add_argument(
+        "--format", choices=["dot", "json", "text"], default="text", help="output format"
+    )
+    p.set_defaults(func=cmd_flow, usage_parser=p)
+    _list_subcommands(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.json = getattr(args, "json", False)
-    args.config_dir = getattr(args, "config_dir", None)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+def _list_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand group's metavar names all its subcommands (`list|show|ls`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if action.dest != "command":
+                action.metavar = "|".join(action.choices)
+            for child in action.choices.values():
+                _list_subcommands(child)
+
+
+def _close(registries: list[ProviderRegistry]) -> None:
+    """Close what a command opened: the content stores flush and drop their locks, so that
+    no lock of this process stays in the bank."""
+    while registries:
+        registries.pop().close()
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away: send the rest (and the flush at exit) to /dev/null,
+    so that Python prints no second BrokenPipeError at exit."""
     try:
-        return args.func(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
+
+
+def _run(args) -> int:
+    try:
+        try:
+            return args.func(args)
+        finally:
+            _close(args.opened)
+    except UsageError as exc:
+        args.usage_parser.error(str(exc))  # prints the usage; SystemExit(2)
+        raise  # not reached
     except TutelaError as exc:
         if args.json:
             print_json({"error": str(exc)})
@@ -590,3 +777,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tutela: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.config_dir = getattr(args, "config_dir", None)
+    args.opened = []
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `tutela ... | head -1`
+        _stdout_gone()
+        return EXIT_BROKEN_PIPE

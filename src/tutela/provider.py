@@ -7,7 +7,6 @@ error naming the file and key and never stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -735,8 +734,10 @@ class ProviderRegistry:
 
     def close(self) -> None:
         for p in self.providers:
-            with contextlib.suppress(Exception):
+            try:
                 p.close()
+            except Exception as exc:  # the others still close; a lost flush is not hidden
+                log.error("provider %s: closing failed: %s", p.name, exc)
 
 
 __all__ = ["DiscoveryContext", "PluginError", "Provider", "ProviderRegistry"]

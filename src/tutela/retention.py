@@ -19,8 +19,16 @@ class Policy:
     keep_weekly: int = 0
     keep_monthly: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+
     def empty(self) -> bool:
-        return not (self.keep_last or self.keep_daily or self.keep_weekly or self.keep_monthly)
+        """True when no rule keeps anything: such a policy would delete every checkpoint,
+        and `select` refuses it."""
+        return max(self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly) < 1
 
 
 def _when(created_at: str) -> datetime:

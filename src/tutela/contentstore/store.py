@@ -1329,6 +1329,7 @@ class ContentStore:
         with self._lock:  # no writes through this object meanwhile
             self._wait_uploaded_locked()  # packs sealed by other threads since flush()
             self._write_segment()
+            was_writer = bool(self._lock_written)
             self._write_lock(exclusive=True)
             try:
                 self._check_no_other_locks(exclusive=True)
@@ -1380,7 +1381,12 @@ class ContentStore:
                 self._segments = set(new_segments)
                 self._cache.prune(self._segments)
             finally:
-                self._write_lock(exclusive=False)
+                if was_writer:  # back to the shared lock this store held before
+                    self._write_lock(exclusive=False)
+                else:  # a store opened to sweep holds no lock after it
+                    with contextlib.suppress(Exception):
+                        self.section.delete_object(LOCK_PREFIX + self._lock_id)
+                    self._lock_written = 0.0
         return report
 
     def _repack(
