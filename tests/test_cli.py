@@ -386,6 +386,26 @@ def test_checkpoints_show_lists_list_values(setup, env_config_dir, tmp_path, cap
     assert f"      members: 2 ({keys[0]}, {keys[1]})" in out
 
 
+def test_checkpoints_show_reads_back_the_encrypted_name_lists(setup, capsys):
+    """Only counts are in the clear; `checkpoints show` reads the names from the store."""
+    os.mkfifo(setup / "a pipe")
+    code, cp = run_json(capsys, "protect", "--resource", f"{DIR}={setup}", "-q")
+    assert code == 0, cp
+    _, data = run_json(capsys, "checkpoints", "show", cp["id"])
+    [info] = [r["saved_info"] for r in data["resources"] if r["resource"]["type"] == DIR]
+    assert info["skipped_count"] == 1 and info["skipped"] == ["a pipe"]
+    assert main(["checkpoints", "show", cp["id"]]) == 0
+    assert "      skipped: 1 (a pipe)" in capsys.readouterr().out
+
+
+def test_checkpoints_ls_of_a_path_that_is_not_there_fails(setup, capsys):
+    code, cp = run_json(capsys, "protect", "--resource", f"{DIR}={setup}", "-q")
+    assert code == 0, cp
+    assert main(["checkpoints", "ls", cp["id"], "no/such/path"]) == 1
+    assert "has no path 'no/such/path'" in capsys.readouterr().err
+    assert main(["checkpoints", "ls", cp["id"], "."]) == 0
+
+
 def test_saved_info_lines_show_lists_abbreviated():
     from tutela.cli import saved_info_lines
 

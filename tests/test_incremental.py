@@ -28,6 +28,14 @@ def info_of(cp, path):
     return cp.resource_records()[f"{DIR}#{path}"]["saved_info"]
 
 
+def details_of(provider, cp, path):
+    """The name lists behind the saved info's counts (kept encrypted in the store)."""
+    resource = Resource(DIR, str(path))
+    plugin = provider.type_map[DIR]
+    section = cp.resource_section(resource, writable=False)
+    return plugin.saved_details(section, resource, store=provider.content_store())
+
+
 def bank_bytes(root):
     return sum(p.stat().st_size for p in (root / "objects" / "content").rglob("*") if p.is_file())
 
@@ -115,7 +123,8 @@ def test_file_changing_while_read_is_reported(make_provider, tmp_path, monkeypat
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     info = info_of(cp, src)
-    assert info["changed_while_read"] == ["busy.log"]
+    assert info["changed_while_read_count"] == 1
+    assert details_of(provider, cp, src)["changed_while_read"] == ["busy.log"]
 
 
 @pytest.mark.parametrize("size", [10_000, 700_000])  # read on the store's workers / streamed
@@ -136,7 +145,8 @@ def test_file_deleted_after_the_walk_is_left_out(make_provider, tmp_path, monkey
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     info = info_of(cp, src)
-    assert info["vanished"] == ["a/victim.bin"]
+    assert info["vanished_count"] == 1
+    assert details_of(provider, cp, src)["vanished"] == ["a/victim.bin"]
     assert info["files"] == 4
     assert info["bytes"] == 3 * 50_000 + len("line\n" * 10_000)
     out = tmp_path / "out"

@@ -350,6 +350,22 @@ def cmd_checkpoints_list(args) -> int:
     return 0
 
 
+def _with_details(provider: Provider, cp, resource: Resource, info):
+    """The saved info with the name lists behind its `*_count` fields, which a plugin keeps
+    encrypted in the content store (`saved_details`); read only when there are some."""
+    if not isinstance(info, dict) or not any(k.endswith("_count") and info[k] for k in info):
+        return info
+    reader = getattr(provider.type_map.get(resource.type), "saved_details", None)
+    if reader is None:
+        return info
+    try:
+        section = cp.resource_section(resource, writable=False)
+        details = reader(section, resource, store=provider.content_store())
+    except TutelaError as exc:
+        return {**info, "details_error": str(exc)}
+    return {**info, **details}
+
+
 def cmd_checkpoints_show(args) -> int:
     reg = _registry(args)
     provider, cp = reg.find_checkpoint(args.checkpoint, args.provider)
@@ -367,7 +383,7 @@ def cmd_checkpoints_show(args) -> int:
                 "resource": r.to_dict(),
                 "depends_on": [graph.nodes[c].key for c in graph.children[i]],
                 "status": rec.get("status", "not run"),
-                "saved_info": rec.get("saved_info"),
+                "saved_info": _with_details(provider, cp, r, rec.get("saved_info")),
                 "error": rec.get("error"),
                 "hooks": rec.get("hooks", {}),
             }
@@ -412,6 +428,8 @@ def cmd_checkpoints_ls(args) -> int:
         section = cp.resource_section(resource, writable=False)
         for e in lister(section, resource, args.path, store=provider.content_store()):
             rows.append({"resource": resource.key, **{k: v for k, v in e.items() if k != "ref"}})
+    if args.path and not rows:
+        raise CLIError(f"checkpoint {cp.id} has no path {args.path!r} in any protected tree")
     if args.json:
         print_json(rows)
         return 0

@@ -10,6 +10,9 @@ read is read once more and, if it changes again, recorded as `changed_while_read
 
 Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
+As root it gives entries their recorded owner (`owner: false` does not); a file whose owner
+is not restored loses its setuid and setgid bits.  Holes stay holes.  Files whose data is
+damaged are not written; the rest of the tree is, and the restore then fails naming them.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -28,7 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tutela.contentstore import FileRef, LocalFile
+from tutela.contentstore import (
+    ContentStoreError,
+    CorruptDataError,
+    FileRef,
+    LocalFile,
+    MissingChunkError,
+)
 from tutela.errors import ObjectNotFound, ResourceError, TutelaError
 from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
@@ -39,8 +48,12 @@ RESTORE_THREADS = 2
 #: Small files are handed to the restore threads in batches of up to this many files / bytes.
 RESTORE_BATCH_FILES = 32
 RESTORE_BATCH_BYTES = 2 << 20
-#: Restored files at least this large get their space allocated before they are written.
-PREALLOCATE_FROM = 1 << 20
+#: Aligned blocks of this many zero bytes are left as holes in restored files (sparse files
+#: stay sparse).  Space is not allocated ahead (posix_fallocate): that filled every hole.
+HOLE_BLOCK = 4096
+ZERO_BLOCK = bytes(HOLE_BLOCK)
+#: Files restored with damaged data are named in the error, this many of them at most.
+DAMAGED_SHOWN = 5
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -68,8 +81,16 @@ RESTORE_SCHEMA: dict[str, Any] = {
         },
         "paths": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1},
-            "description": "Restore only these paths (relative to the directory; a folder brings its tree).",
+            "items": {"type": "string"},
+            "description": "Restore only these paths (relative to the directory; a folder "
+            "brings its tree; `.`, `/` or an empty string: the whole tree).",
+        },
+        "owner": {
+            "type": "boolean",
+            "default": True,
+            "description": "Give files, folders and symlinks their recorded owner and group "
+            "(when running as root).  A setuid or setgid file whose owner is not restored "
+            "loses those bits.",
         },
     },
     "additionalProperties": False,
@@ -83,14 +104,48 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "directories": {"type": "integer", "minimum": 0},
         "symlinks": {"type": "integer", "minimum": 0},
         "bytes": {"type": "integer", "minimum": 0},
-        "skipped": {"type": "array", "items": {"type": "string"}},
         "reused_files": {"type": "integer", "minimum": 0},
         "read_bytes": {"type": "integer", "minimum": 0},
         "previous_checkpoint": {"type": ["string", "null"]},
-        "changed_while_read": {"type": "array", "items": {"type": "string"}},
-        "vanished": {"type": "array", "items": {"type": "string"}},
+        "ignored_previous_checkpoint": {
+            "type": "string",
+            "description": "The previous checkpoint whose manifest could not be read: every "
+            "file was read again.",
+        },
+        # Only counts here: this object is in the bank in the clear.  The names are in the
+        # encrypted details object (DETAILS_SCHEMA, `details.ref`; see saved_details).
+        "skipped_count": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Entries neither file, folder nor symlink (FIFOs, sockets, devices).",
+        },
+        "changed_while_read_count": {"type": "integer", "minimum": 1},
+        "vanished_count": {"type": "integer", "minimum": 1},
+        "unreadable_count": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Files and folders left out: permission denied.",
+        },
     },
     "required": ["path", "files", "bytes"],
+}
+#: The lists behind the `*_count`s, stored encrypted in the content store (`details.ref`).
+DETAILS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "skipped": {"type": "array", "items": {"type": "string"}},
+        "changed_while_read": {"type": "array", "items": {"type": "string"}},
+        "vanished": {"type": "array", "items": {"type": "string"}},
+        "unreadable": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "error": {"type": "string"}},
+                "required": ["path", "error"],
+            },
+        },
+    },
+    "additionalProperties": False,
 }
 
 
@@ -136,20 +191,47 @@ class DirectoryProtectable(Protectable):
         )
 
 
-def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of every entry below root, parents before children, sorted."""
+class _Unreadable:
+    """What `_walk` yields in place of an lstat for an entry it may not read (EACCES): with
+    no file-type bits it takes the protect loop's rare branch, so readable entries pay no
+    check.  A folder that cannot be listed is yielded a second time, as this."""
+
+    __slots__ = ("error",)
+    st_mode = 0
+    st_mtime_ns = 0
+    st_uid = 0
+    st_gid = 0
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+
+def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result | _Unreadable]]:
+    """(relative path, lstat) of every entry below root, parents before children, sorted.
+    An entry below root that permission keeps from being read (lstat, or listing a folder)
+    comes as an `_Unreadable`; root itself must be listable."""
     stack = [""]
     while stack:
         rel = stack.pop()
         folder = os.path.join(root, rel) if rel else root
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError as exc:
+            if not rel:
+                raise
+            yield rel, _Unreadable(exc)
+            continue
         subdirs = []
         for entry in entries:
             child = f"{rel}/{entry.name}" if rel else entry.name
             if child in exclude:
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except PermissionError as exc:
+                yield child, _Unreadable(exc)
+                continue
             yield child, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(child)
@@ -171,6 +253,31 @@ def read_manifest(section, store) -> list[dict[str, Any]]:
         return json.loads(b"[" + data.replace(b"\n", b",") + b"]")
     except ValueError:
         return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def _previous_entries(section, store) -> dict[str, dict[str, Any]]:
+    """The previous checkpoint's entries by path; raises whatever makes them unusable."""
+    old = {}
+    for e in read_manifest(section, store):
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            raise ValueError(f"a manifest entry is a {type(e).__name__}, not an object with a path")
+        old[e["path"]] = e
+    return old
+
+
+#: Why a previous checkpoint's manifest may be unusable: damaged or missing chunks or packs
+#: (content-store and bank errors are TutelaErrors), or wrong data in it.
+_UNUSABLE_MANIFEST = (TutelaError, OSError, ValueError, KeyError, TypeError)
+
+
+def read_details(section, store) -> dict[str, Any]:
+    """The name lists of a protect (DETAILS_SCHEMA: skipped, changed_while_read, vanished,
+    unreadable), from the encrypted object the section refers to; {} if it has none."""
+    try:
+        ref = FileRef.from_json(section.get_json("details.ref"))
+    except ObjectNotFound:
+        return {}
+    return json.loads(store.read_bytes(ref))
 
 
 def _same_file(old: dict[str, Any] | None, st: os.stat_result) -> bool:
@@ -210,14 +317,21 @@ class ProtectDirectory(Operation):
                 if dep_path.startswith(root.rstrip("/") + "/"):
                     exclude.add(os.path.relpath(dep_path, root))
         previous = context.previous_checkpoint(resource)
+        ignored_previous = None
         old: dict[str, dict[str, Any]] = {}
         if previous is not None:
             store = opening.result()
             store.hold()  # before taking over chunks of an earlier checkpoint
-            old = {
-                e["path"]: e
-                for e in read_manifest(previous.resource_section(resource, writable=False), store)
-            }
+            try:
+                old = _previous_entries(previous.resource_section(resource, writable=False), store)
+            except _UNUSABLE_MANIFEST as exc:
+                # A damaged previous checkpoint must not block every later protect: this
+                # one reads every file, as if there were none.
+                context.progress.message(
+                    f"{resource.key}: the manifest of the previous checkpoint {previous.id} "
+                    f"cannot be read ({type(exc).__name__}: {exc}); reading every file again"
+                )
+                ignored_previous, previous = previous.id, None
         st = os.stat(root)
         entries: list[dict[str, Any]] = [
             {
@@ -225,6 +339,8 @@ class ProtectDirectory(Operation):
                 "type": "dir",
                 "mode": stat.S_IMODE(st.st_mode),
                 "mtime_ns": st.st_mtime_ns,
+                "uid": st.st_uid,
+                "gid": st.st_gid,
             }
         ]
         counts = {
@@ -236,6 +352,9 @@ class ProtectDirectory(Operation):
             "read_bytes": 0,
         }
         skipped: list[str] = []
+        unreadable: list[tuple[str, OSError]] = []
+        dir_at: dict[str, int] = {}  # folder -> its entry, to drop it if it cannot be listed
+        dropped: set[int] = set()
         todo: dict[int, tuple[LocalFile, os.stat_result]] = {}
 
         # The whole tree is listed before any file is read.  Interleaving the two was
@@ -249,10 +368,13 @@ class ProtectDirectory(Operation):
                 "path": rel,
                 "mode": stat.S_IMODE(mode),
                 "mtime_ns": st.st_mtime_ns,
+                "uid": st.st_uid,
+                "gid": st.st_gid,
             }
             if stat.S_ISDIR(mode):
                 entry["type"] = "dir"
                 counts["directories"] += 1
+                dir_at[rel] = len(entries)
             elif stat.S_ISLNK(mode):
                 entry["type"] = "symlink"
                 entry["target"] = os.readlink(full)
@@ -267,6 +389,13 @@ class ProtectDirectory(Operation):
                     counts["reused_files"] += 1
                 else:
                     todo[len(entries)] = (LocalFile(full, st.st_size), st)
+            elif type(st) is _Unreadable:  # permission denied: left out, reported
+                at = dir_at.pop(rel, None)
+                if at is not None:  # a folder listed in its parent that cannot be listed
+                    dropped.add(at)
+                    counts["directories"] -= 1
+                unreadable.append((rel, st.error))
+                continue
             else:
                 skipped.append(rel)
                 continue
@@ -275,34 +404,70 @@ class ProtectDirectory(Operation):
         sources = ((index, todo[index][0]) for index in list(todo))
         store = opening.result()
         store.hold()
-        changed, vanished = self._store_files(store, entries, sources, todo, counts, context)
+        changed, vanished, denied = self._store_files(
+            store, entries, sources, todo, counts, context
+        )
         gone = [entries[i] for i in sorted(vanished)]
-        if vanished:
-            entries = [e for i, e in enumerate(entries) if i not in vanished]
-            counts["files"] -= len(gone)
-            counts["bytes"] -= sum(e["size"] for e in gone)
+        for i, error in denied.items():
+            unreadable.append((entries[i]["path"], error))
+        left_out = [entries[i] for i in sorted(vanished | set(denied))]
+        if left_out or dropped:
+            dropped.update(vanished, denied)
+            entries = [e for i, e in enumerate(entries) if i not in dropped]
+            counts["files"] -= len(left_out)
+            counts["bytes"] -= sum(e["size"] for e in left_out)
+        # The name lists go to the content store (encrypted when it is), like the manifest:
+        # the section's `metadata` is in the clear, so it keeps only their counts.
+        details: dict[str, Any] = {}
+        if skipped:
+            details["skipped"] = skipped
+        if changed:
+            details["changed_while_read"] = changed
+        if gone:
+            details["vanished"] = [e["path"] for e in gone]
+        if unreadable:
+            unreadable.sort(key=lambda item: item[0])
+            details["unreadable"] = [
+                {"path": rel, "error": error.strerror or str(error)} for rel, error in unreadable
+            ]
         manifest = store.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
+        details_ref = store.write_bytes(json.dumps(details).encode()) if details else None
         store.flush()  # the chunks are durable before anything refers to them
         chunk_ids = {c[0] for e in entries if "ref" in e for c in e["ref"]["chunks"]}
         chunk_ids.update(manifest.chunk_ids())
+        if details_ref is not None:
+            chunk_ids.update(details_ref.chunk_ids())
         section.update_object("content-chunks/tree", "\n".join(sorted(chunk_ids)))
         section.put_json("manifest.ref", manifest.to_json())
+        if details_ref is not None:
+            section.put_json("details.ref", details_ref.to_json())
         info = {
             "path": root,
             "host": resource.extra_info.get("host", socket.gethostname()),
             "previous_checkpoint": previous.id if previous is not None else None,
             **counts,
         }
+        if ignored_previous is not None:
+            info["ignored_previous_checkpoint"] = ignored_previous
+        for key, names in details.items():
+            info[f"{key}_count"] = len(names)
         if skipped:
-            info["skipped"] = skipped
+            context.progress.message(
+                f"{resource.key}: {len(skipped)} entry(ies) neither file, folder nor symlink "
+                "(FIFO, socket, device) left out: " + ", ".join(skipped[:5])
+            )
+        if unreadable:
+            context.progress.message(
+                f"{resource.key}: {len(unreadable)} file(s) or folder(s) could not be read, "
+                "left out: "
+                + ", ".join(f"{rel} ({error.strerror or error})" for rel, error in unreadable[:5])
+            )
         if gone:
-            info["vanished"] = [e["path"] for e in gone]
             context.progress.message(
                 f"{resource.key}: {len(gone)} file(s) were deleted while the tree was read, "
                 "left out: " + ", ".join(e["path"] for e in gone[:5])
             )
         if changed:
-            info["changed_while_read"] = changed
             context.progress.message(
                 f"{resource.key}: {len(changed)} file(s) kept changing while read, recorded as such: "
                 + ", ".join(changed[:5])
@@ -310,17 +475,24 @@ class ProtectDirectory(Operation):
         section.put_json("metadata", info)
 
     @staticmethod
-    def _store_files(store, entries, sources, todo, counts, context) -> tuple[list[str], set[int]]:
+    def _store_files(
+        store, entries, sources, todo, counts, context
+    ) -> tuple[list[str], set[int], dict[int, OSError]]:
         """Store new and changed files (pipelined); re-read once any file that changed while
-        it was read.  Returns the files that changed on both reads, and the entries of files
-        deleted since the walk listed them (left out, like files deleted just before it;
-        any other error reading a file fails the protect)."""
+        it was read.  Returns the files that changed on both reads, the entries of files
+        deleted since the walk listed them (left out, like files deleted just before it), and
+        those of files permission kept from being read, with the error (left out and
+        reported); any other error reading a file fails the protect."""
         vanished: set[int] = set()
+        denied: dict[int, OSError] = {}
 
         def gone(index: int, error: OSError) -> bool:
-            if not isinstance(error, FileNotFoundError):
+            if isinstance(error, FileNotFoundError):
+                vanished.add(index)
+            elif isinstance(error, PermissionError):
+                denied[index] = error
+            else:
                 return False
-            vanished.add(index)
             todo.pop(index, None)
             return True
 
@@ -343,7 +515,7 @@ class ProtectDirectory(Operation):
         for index, (full, before) in again.items():
             try:
                 ref = store.write_file(full)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, PermissionError) as exc:
                 gone(index, exc)
                 continue
             try:
@@ -352,13 +524,18 @@ class ProtectDirectory(Operation):
                 after = before
             entry = entries[index]
             entry.update(
-                ref=ref.to_json(), size=ref.size, mtime_ns=after.st_mtime_ns, ino=after.st_ino
+                ref=ref.to_json(),
+                size=ref.size,
+                mtime_ns=after.st_mtime_ns,
+                ino=after.st_ino,
+                uid=after.st_uid,
+                gid=after.st_gid,
             )
             counts["read_bytes"] += ref.size
             if not _unchanged(before, after) or ref.size != after.st_size:
                 entry["changed_while_read"] = True
                 changed.append(entry["path"])
-        return changed, vanished
+        return changed, vanished, denied
 
 
 def _safe_rel(rel: str) -> str:
@@ -370,13 +547,158 @@ def _safe_rel(rel: str) -> str:
     raise TutelaError(f"manifest entry {rel!r} is not a safe relative path; refusing to restore it")
 
 
+def wanted_paths(paths: list[str]) -> list[str]:
+    """The `paths` of a restore (or `checkpoints ls`) as manifest paths: relative to the
+    tree, `./`, repeated and trailing slashes dropped (a leading `/` is the tree's root).
+    `.`, `/` or `` means the whole tree: then the list is empty.  `..` is refused."""
+    out: list[str] = []
+    for path in paths:
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise TutelaError(f"restore path {path!r} climbs out of the tree ('..' is not allowed)")
+        if not parts:
+            return []
+        rel = "/".join(parts)
+        if rel not in out:
+            out.append(rel)
+    return out
+
+
+def _show(path: str) -> str:
+    """A path for a message: as is, or quoted when it has a newline, control character or
+    byte that is not UTF-8 (which could not be printed otherwise)."""
+    return path if path.isprintable() else repr(path)
+
+
+def _show_list(paths: list[str], limit: int = 5) -> str:
+    shown = ", ".join(_show(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+#: Mode bits a file keeps only when its recorded owner and group are restored too.
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _restore_owner(
+    entry: dict[str, Any], owner: bool, *, fd: int | None = None, path: str | None = None
+) -> bool:
+    """Give the restored entry its recorded uid and gid (through `fd`, or `path` without
+    following a link).  True when it now has them; False when they are not recorded (an
+    older checkpoint), `owner` is false, or the process may not (only root may give a file
+    away; anyone may keep their own uid and pick one of their groups) or the chown fails."""
+    uid, gid = entry.get("uid"), entry.get("gid")
+    if not owner or not isinstance(uid, int) or not isinstance(gid, int):
+        return False
+    euid = os.geteuid()
+    if euid != 0 and uid != euid:
+        return False
+    try:
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+        else:
+            os.lchown(path, uid, gid)  # type: ignore[arg-type]
+    except OSError:
+        return False
+    return True
+
+
+def _file_mode(entry: dict[str, Any], owned: bool) -> int:
+    """The mode a restored regular file gets: as recorded, except that setuid and setgid
+    are dropped when its owner was not restored (as cp and tar do): a restore run as root
+    must not make a setuid-root file out of someone else's."""
+    mode = entry["mode"]
+    return mode if owned else mode & ~_SETID
+
+
+def _write_sparse(fd: int, blocks, on_block) -> tuple[int, int]:
+    """Write `blocks` to a new (empty) file, leaving every HOLE_BLOCK of zero bytes aligned
+    in the file as a hole, also one that straddles two blocks.  Returns (bytes consumed,
+    end of the last data written); the caller truncates the file to its size when the last
+    data ends before it."""
+    pos = data_end = 0  # pos: the file offset of the block's first byte
+    zeros = 0  # zero bytes just before pos, from an aligned offset on, not written yet
+    for block in blocks:
+        if not isinstance(block, bytes):
+            block = bytes(block)
+        view = memoryview(block)
+        size = len(block)
+        start = 0  # where (in block) the bytes not handled yet start
+        if zeros:
+            need = HOLE_BLOCK - zeros
+            if block.startswith(ZERO_BLOCK[: min(need, size)]):  # still zeros: a hole so far
+                if size < need:
+                    zeros += size
+                    pos += size
+                    on_block(size)
+                    continue
+                start, zeros = need, 0
+            else:
+                _pwrite_all(fd, memoryview(ZERO_BLOCK)[:zeros], pos - zeros)
+                data_end, zeros = pos, 0
+        run = start  # where (in block) the data not written yet starts
+        i = start + (-(pos + start) % HOLE_BLOCK)  # the first block aligned in the file
+        # The common case: not one block's worth of zeros anywhere (a search in C).
+        if ZERO_BLOCK not in block:
+            if i < size:
+                i += (size - i) // HOLE_BLOCK * HOLE_BLOCK
+        else:
+            while i + HOLE_BLOCK <= size:
+                if block.startswith(ZERO_BLOCK, i):
+                    if run < i:
+                        _pwrite_all(fd, view[run:i], pos + run)
+                        data_end = pos + i
+                    run = i + HOLE_BLOCK
+                i += HOLE_BLOCK
+        if i < size and block.startswith(ZERO_BLOCK[: size - i], i):
+            zeros = size - i  # an aligned tail of zeros: a hole if the next block goes on so
+            size_written = i
+        else:
+            size_written = size
+        if run < size_written:
+            _pwrite_all(fd, view[run:size_written], pos + run)
+            data_end = pos + size_written
+        pos += size
+        on_block(size)
+    return pos, data_end
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 class RestoreDirectory(Operation):
     """prepare_begin claims the target (before any dependent, e.g. a database file inside it,
     writes there); main writes the tree."""
 
+    @staticmethod
+    def _entries(checkpoint, context, resource, parameters) -> list[dict[str, Any]]:
+        """The manifest entries to restore: all, or those under `paths` (and the folders
+        leading to them).  A path that matches nothing is an error naming it."""
+        wanted = wanted_paths(parameters.get("paths", []))
+        entries = read_manifest(checkpoint.bank_section, context.content_store)
+        if not entries:
+            raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} has no manifest for it")
+        if not wanted:
+            return entries
+        entries = select(entries, wanted)
+        found = {w for e in entries for w in wanted if in_path(e["path"], w)}
+        missing = [w for w in wanted if w not in found]
+        if missing:
+            raise TutelaError(
+                f"{resource.key}: not in checkpoint {checkpoint.id}: {_show_list(missing)}"
+            )
+        return entries
+
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
         target = os.path.abspath(parameters.get("target") or local_path(resource))
         overwrite = bool(parameters.get("overwrite", False))
+        if wanted_paths(parameters.get("paths", [])):
+            # Checked before the target is made or touched (the manifest is read again by
+            # main; only a partial restore pays for this).
+            self._entries(checkpoint, context, resource, parameters)
         if os.path.lexists(target) and not os.path.isdir(target):
             raise TutelaError(f"restore target {target!r} exists and is not a directory")
         if os.path.isdir(target) and os.listdir(target) and not overwrite:
@@ -392,22 +714,12 @@ class RestoreDirectory(Operation):
             )
 
     def on_main(self, checkpoint, context, resource, parameters, **kwargs):
-        section = checkpoint.bank_section
         target = os.path.abspath(parameters.get("target") or local_path(resource))
+        store = context.content_store
+        entries = self._entries(checkpoint, context, resource, parameters)
+        owner = bool(parameters.get("owner", True))
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
-        store = context.content_store
-        entries = read_manifest(section, store)
-        if not entries:
-            raise TutelaError(f"{resource.key}: checkpoint {checkpoint.id} has no manifest for it")
-        wanted = [p.strip("/") for p in parameters.get("paths", [])]
-        if wanted:
-            entries = select(entries, wanted)
-            missing = [w for w in wanted if not any(in_path(e["path"], w) for e in entries)]
-            if missing:
-                raise TutelaError(
-                    f"{resource.key}: not in checkpoint {checkpoint.id}: {', '.join(missing)}"
-                )
         dirs: list[tuple[str, dict[str, Any]]] = []
         checked: set[str] = set()
 
@@ -432,6 +744,10 @@ class RestoreDirectory(Operation):
         # idle behind it.
         slots = threading.BoundedSemaphore(4 * RESTORE_THREADS)
         failures: list[BaseException] = []
+        # Files whose data in the bank is damaged or missing: not restored (no torn file is
+        # left), the others are; the restore then fails naming them.  Any other error (a
+        # full disk, a permission) stops the restore at once.
+        damaged: list[tuple[str, ContentStoreError]] = []
         batch: list[tuple[dict[str, Any], str]] = []
         batch_bytes = 0
 
@@ -440,7 +756,10 @@ class RestoreDirectory(Operation):
                 for entry, dest in files:
                     if failures:
                         return
-                    self._restore_file(store, entry, dest, context)
+                    try:
+                        self._restore_file(store, entry, dest, context, owner)
+                    except (CorruptDataError, MissingChunkError) as exc:
+                        damaged.append((entry["path"], exc))  # list.append: thread-safe
             except BaseException as exc:
                 failures.append(exc)
             finally:
@@ -470,6 +789,7 @@ class RestoreDirectory(Operation):
                     if os.path.lexists(dest):
                         _remove(dest)
                     os.symlink(entry["target"], dest)
+                    _restore_owner(entry, owner, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
                 elif kind == "file":
                     batch.append((entry, dest))
@@ -481,14 +801,29 @@ class RestoreDirectory(Operation):
         if failures:
             raise failures[0]
         for dest, entry in reversed(dirs):
+            _restore_owner(entry, owner, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        if damaged:
+            paths = sorted(p for p, _ in damaged)
+            first = min(damaged, key=lambda d: d[0])[1]
+            context.progress.message(
+                f"{resource.key}: {len(paths)} file(s) not restored, their data in the bank is "
+                f"damaged or missing ({first}): " + ", ".join(_show(p) for p in paths)
+            )
+            raise TutelaError(
+                f"{resource.key}: {len(paths)} file(s) of checkpoint {checkpoint.id} not "
+                f"restored, their data is damaged or missing: "
+                f"{_show_list(paths, DAMAGED_SHOWN)}; everything else was restored "
+                f"(first error: {first})"
+            )
 
     @staticmethod
-    def _restore_file(store, entry: dict[str, Any], dest: str, context) -> None:
+    def _restore_file(store, entry: dict[str, Any], dest: str, context, owner: bool = True) -> None:
         """Write one file.  A new file is created in place (exclusively, so nothing already
         there is touched); a file that exists is written under a temporary name and renamed
-        over it, so it is never left torn.  On failure the partial file is removed."""
+        over it, so it is never left torn.  On failure the partial file is removed.  Aligned
+        blocks of zeros are left as holes (a sparse file stays sparse)."""
         tmp = None
         try:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -496,25 +831,19 @@ class RestoreDirectory(Operation):
             fd, tmp = tempfile.mkstemp(prefix=".tutela-restore-", dir=os.path.dirname(dest))
         written_to = tmp or dest
         try:
-            written = 0
             try:
-                if entry["size"] >= PREALLOCATE_FROM:
-                    # Allocating the whole file first halves the kernel's cost of writing it
-                    # here (ext4), and a full disk fails now, before any bytes are moved.
-                    os.posix_fallocate(fd, 0, entry["size"])
                 # Decoded on this thread: the restore threads already keep both cores busy, and
                 # an A/B gave 4% less wall time and 60 MiB less memory than the store's pool.
-                for block in store.read(FileRef.from_json(entry["ref"]), parallel=False):
-                    view = memoryview(block)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    written += len(block)
-                    context.report_bytes(len(block))
+                blocks = store.read(FileRef.from_json(entry["ref"]), parallel=False)
+                written, data_end = _write_sparse(fd, blocks, context.report_bytes)
                 if written != entry["size"]:
-                    raise TutelaError(
+                    raise CorruptDataError(
                         f"restoring {entry['path']!r}: got {written} bytes, expected {entry['size']}"
                     )
-                os.fchmod(fd, entry["mode"])
+                if data_end < written:  # it ends with a hole
+                    os.ftruncate(fd, written)
+                # Owner first: chown clears setuid and setgid; without it they are dropped.
+                os.fchmod(fd, _file_mode(entry, _restore_owner(entry, owner, fd=fd)))
                 os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
             finally:
                 os.close(fd)
@@ -569,6 +898,11 @@ class DirectoryProtectionPlugin(ProtectionPlugin):
     def get_saved_info_schema(self, resource_type: str) -> dict[str, Any]:
         return SAVED_INFO_SCHEMA
 
+    def saved_details(self, section, resource: Resource, *, store) -> dict[str, Any]:
+        """The name lists behind the saved info's `*_count`s (DETAILS_SCHEMA), read from the
+        content store (for `tutela checkpoints show --json`); {} when there are none."""
+        return read_details(section, store)
+
     def get_protect_operation(self, resource: Resource) -> Operation:
         return ProtectDirectory()
 
@@ -581,10 +915,14 @@ class DirectoryProtectionPlugin(ProtectionPlugin):
     def list_files(
         self, section, resource: Resource, path: str | None = None, *, store=None
     ) -> list[dict[str, Any]]:
-        """The manifest entries of a protected tree (for `tutela checkpoints ls`)."""
+        """The manifest entries of a protected tree (for `tutela checkpoints ls`), or those
+        under `path` (normalised as restore `paths` are; `.` or `/` is the whole tree).  A
+        path that matches nothing gives []: the caller, which may list several trees, says
+        so when none has it."""
         entries = read_manifest(section, store)
-        if path:
-            entries = [e for e in entries if in_path(e["path"], path.strip("/"))]
+        wanted = wanted_paths([path]) if path else []
+        if wanted:
+            entries = [e for e in entries if in_path(e["path"], wanted[0])]
         return entries
 
 
