@@ -57,14 +57,20 @@ def setuid_tree(src):
     os.lchown(src / "d" / "link", 1234, 1236)
 
 
-@as_root
-def test_root_restore_gives_files_back_their_owner_and_keeps_setuid(make_provider, tmp_path):
+def restored_setuid_tree(make_provider, tmp_path, **parameters):
+    """Protect setuid_tree, restore it with `parameters`; (source, restored) folders."""
     src = tmp_path / "src"
     setuid_tree(src)
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     out = tmp_path / "out"
-    provider.restore(cp.id, {DIR: {"target": str(out)}})
+    provider.restore(cp.id, {DIR: {"target": str(out), **parameters}})
+    return src, out
+
+
+@as_root
+def test_root_restore_gives_files_back_their_owner_and_keeps_setuid(make_provider, tmp_path):
+    src, out = restored_setuid_tree(make_provider, tmp_path)
     st = os.lstat(out / "t")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 1234, 0o4755)
     st = os.lstat(out / "g")
@@ -78,12 +84,7 @@ def test_root_restore_gives_files_back_their_owner_and_keeps_setuid(make_provide
 
 @as_root
 def test_owner_false_restores_as_root_without_setuid(make_provider, tmp_path):
-    src = tmp_path / "src"
-    setuid_tree(src)
-    provider = make_provider()
-    cp = provider.protect([Resource(DIR, str(src))])
-    out = tmp_path / "out"
-    provider.restore(cp.id, {DIR: {"target": str(out), "owner": False}})
+    _, out = restored_setuid_tree(make_provider, tmp_path, owner=False)
     st = os.lstat(out / "t")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o755)
     st = os.lstat(out / "g")

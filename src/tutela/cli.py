@@ -634,27 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
     p.add_argument("--type", metavar="TYPE", help="only resources of this type")
     p.add_argument("--graph", action="store_true", help="print the dependency graph")
-    p.add_argument(
-        "--resource",
-        action="append",
-        default=[],
-        type=_resource_arg,
-        metavar="TYPE=ID",
-        help="with --graph: the graph of these resources (repeatable)",
-    )
+    _resource_option(p, "with --graph: the graph of these resources (repeatable)")
     p.set_defaults(func=cmd_resources, usage_parser=p)
 
     p = sub.add_parser(
         "protect", parents=[common, run, params], help="protect resources into a new checkpoint"
     )
     p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
-    p.add_argument(
-        "--resource",
-        action="append",
-        default=[],
-        type=_resource_arg,
-        metavar="TYPE=ID",
-        help="a resource to protect, with everything it depends on (repeatable; required)",
+    _resource_option(
+        p, "a resource to protect, with everything it depends on (repeatable; required)"
     )
     p.set_defaults(func=cmd_protect, usage_parser=p)
 
@@ -725,14 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flow", parents=[common], help="export a task flow (dot, json, text)")
     p.add_argument("--provider", metavar="ID|NAME", help=provider_help)
-    p.add_argument(
-        "--resource",
-        action="append",
-        default=[],
-        type=_resource_arg,
-        metavar="TYPE=ID",
-        help="the protect flow of these resources (repeatable)",
-    )
+    _resource_option(p, "the protect flow of these resources (repeatable)")
     p.add_argument(
         "--checkpoint", metavar="CHECKPOINT", help="the restore or delete flow of a checkpoint"
     )
@@ -748,6 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flow, usage_parser=p)
     _list_subcommands(parser)
     return parser
+
+
+def _resource_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable `--resource TYPE=ID`, checked at parse time."""
+    parser.add_argument(
+        "--resource", action="append", default=[], type=_resource_arg, metavar="TYPE=ID", help=help
+    )
 
 
 def _list_subcommands(parser: argparse.ArgumentParser) -> None:
