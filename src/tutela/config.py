@@ -21,6 +21,8 @@ ENV_CONFIG_DIR = "TUTELA_PROVIDER_CONFIG_DIR"
 
 #: Keys of [provider] that may be repeated; every other key must appear once.
 MULTI_KEYS = frozenset({"plugin", "protectable"})
+#: The section of the content store's settings (read by tutela.contentstore).
+CONTENT_STORE_SECTION = "content_store"
 _TRUE = {"1", "yes", "true", "on"}
 _FALSE = {"0", "no", "false", "off"}
 

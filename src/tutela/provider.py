@@ -24,7 +24,7 @@ from tutela.checkpoint import (
     CheckpointStore,
     RestoreRecord,
 )
-from tutela.config import ProviderConfig, config_dir, provider_files
+from tutela.config import CONTENT_STORE_SECTION, ProviderConfig, config_dir, provider_files
 from tutela.engine import ExecutorPolicy, make_policy
 from tutela.errors import (
     CheckpointNotFound,
@@ -143,14 +143,15 @@ class Provider:
         path = config.path
         if not config.has_section("provider"):
             raise ConfigError(path, "has no [provider] section")
-        from tutela.contentstore.store import SECTION as STORE_SECTION
-        from tutela.contentstore.store import StoreSettings
-
         config.check_keys("provider", PROVIDER_KEYS)
-        config.check_sections(["provider", STORE_SECTION])
-        # The content store's settings are checked now, not at the first protect: a wrong
-        # value must show in `tutela providers`, not as a failed checkpoint.
-        StoreSettings.from_config(config)
+        config.check_sections(["provider", CONTENT_STORE_SECTION])
+        if config.has_section(CONTENT_STORE_SECTION):
+            # Checked now, not at the first protect: a wrong value must show in `tutela
+            # providers`, not as a failed checkpoint.  (Imported only then: the store's
+            # libraries cost light commands 40 ms.)
+            from tutela.contentstore.store import StoreSettings
+
+            StoreSettings.from_config(config)
         pid = config.get("provider", "id")
         if not pid:
             raise ConfigError(path, "is required", "provider.id")

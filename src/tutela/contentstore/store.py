@@ -30,7 +30,7 @@ import blake3
 import platformdirs
 
 from tutela.bank import BankSection
-from tutela.config import ProviderConfig
+from tutela.config import CONTENT_STORE_SECTION, ProviderConfig
 from tutela.contentstore.chunker import Chunker, ChunkerParams, MiB, parse_size, read_upto
 from tutela.contentstore.crypto import ALGORITHMS, DecryptError, Keys
 from tutela.contentstore.errors import (
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 #: 1 reader would misread.  3: index segments are binary (index.INDEX_VERSION 2), which a
 #: version 2 reader would call damaged.  The first writer of a version upgrades an older store.
 FORMAT_VERSION = 3
-SECTION = "content_store"
+SECTION = CONTENT_STORE_SECTION
 CONFIG_KEY = "config"
 PACK_PREFIX = "packs/"
 LOCK_PREFIX = "locks/"
