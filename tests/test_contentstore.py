@@ -34,6 +34,7 @@ from tutela.contentstore import (
     WrongPasswordError,
     parse_size,
 )
+from tutela.contentstore.index import Index
 from tutela.errors import ConfigError, TutelaError
 
 SMALL = {"chunk_min": "16K", "chunk_avg": "64K", "chunk_max": "256K", "pack_size": "1M"}
@@ -671,7 +672,78 @@ def test_flipped_bit_is_caught_naming_the_pack(bank: Bank, tmp_path: Path, encry
         # Each chunk is judged by its own check: only the one that fails is damaged (the
         # others authenticate, or hash to their ids, and restore fine).
         assert report.damaged_chunks == {err.value.chunk}
-        assert store.verify().ok  # a metadata-only check cannot see it
+        # The restore recorded the damage it met in the store: a metadata-only check (which
+        # reads no pack) reports it from then on.
+        quick = store.verify()
+        assert not quick.ok
+        assert quick.damaged_chunks == {err.value.chunk}
+
+
+def test_index_prefers_an_intact_copy_whatever_the_order() -> None:
+    cid, other = b"c" * 32, b"o" * 32
+    for order in ("bad first", "good first", "marked late"):
+        index = Index()
+        if order != "marked late":
+            index.mark_damaged([(cid, "p1")])
+        adds = [("p1", [(cid, 0, 10, 10), (other, 10, 5, 5)]), ("p2", [(cid, 0, 10, 10)])]
+        for pack, entries in adds if order != "good first" else adds[::-1]:
+            index.add_pack(pack, entries)
+        if order == "marked late":
+            index.mark_damaged([(cid, "p1")])
+        assert index.get(cid).pack == "p2", order
+        assert cid in index and not index.is_damaged(cid), order
+        assert other in index, order
+    only = Index()
+    only.add_pack("p1", [(cid, 0, 10, 10)])
+    only.mark_damaged([(cid, "p1")])
+    assert cid not in only  # not deduplicated against: the next writer stores it again
+    assert only.get(cid).pack == "p1"  # but still read (and reported) where it is
+    assert only.is_damaged(cid) and only.damaged() == {cid}
+
+
+def test_sweep_keeps_a_damaged_only_copy_and_its_record(bank: Bank, tmp_path: Path) -> None:
+    """With no intact copy elsewhere a damaged chunk stays where it is, recorded as damaged
+    (reported as damaged, not as missing), and its pack is not repacked."""
+    with open_store(bank, tmp_path, PASSWORD, encryption="aes-256-gcm") as store:
+        a = store.write_bytes(rand(10_000, 1))
+        b = store.write_bytes(rand(10_000, 2))
+        gone = store.write_bytes(rand(20_000, 3))
+    [path] = pack_files(tmp_path)
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        at = store._locate(bytes.fromhex(a.chunks[0][0]))
+    raw = bytearray(path.read_bytes())
+    raw[at.offset + 5] ^= 1
+    path.write_bytes(bytes(raw))
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        assert not store.verify(read_data=True, referenced=a.chunk_ids() | b.chunk_ids()).ok
+        assert store.damaged_chunks() == a.chunk_ids()
+        # Half the pack unreferenced: past the repack threshold, but the pack stays whole.
+        report = store.sweep(a.chunk_ids() | b.chunk_ids())
+        assert report.packs_repacked == 0 and report.packs_deleted == 0
+    assert pack_files(tmp_path) == [path]
+    del gone
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        assert store.damaged_chunks() == a.chunk_ids()
+        quick = store.verify(referenced=a.chunk_ids() | b.chunk_ids())  # reads no pack
+        assert quick.damaged_chunks == a.chunk_ids()
+        assert store.read_bytes(b) == rand(10_000, 2)
+        # The same data written again is stored again, and the old reference reads it.
+        again = store.write_bytes(rand(10_000, 1))
+        assert again.chunks == a.chunks
+        assert store.stats.chunks_new == 1
+        store.flush()
+        assert store.read_bytes(a) == rand(10_000, 1)
+        assert store.damaged_chunks() == set()
+
+
+def test_an_unreadable_damage_record_is_ignored(bank: Bank, tmp_path: Path, caplog) -> None:
+    with open_store(bank, tmp_path, PASSWORD, encryption="aes-256-gcm") as store:
+        ref = store.write_bytes(rand(1000))
+    bank.get_section("content").update_object("damaged/" + "0" * 64, b"not a record")
+    with open_store(bank, tmp_path, PASSWORD) as store:
+        assert store.damaged_chunks() == set()
+        assert store.read_bytes(ref) == rand(1000)
+    assert "damage record" in caplog.text and "unreadable" in caplog.text
 
 
 def test_verify_of_some_chunks_reads_only_their_packs(bank: Bank, tmp_path: Path) -> None:

@@ -211,6 +211,86 @@ def test_verify_promises_only_for_available_checkpoints_and_survives_a_damaged_l
     assert "list of files is unreadable" in item["message"]
 
 
+def _flip_chunk_of(provider, cp, src, rel, bank_root):
+    """Flip one bit inside the stored chunk of file `rel`; returns its chunk id (hex)."""
+    resource = Resource(DIR, str(src))
+    store = provider.content_store()
+    section = cp.resource_section(resource, writable=False)
+    [entry] = provider.type_map[DIR].list_files(section, resource, rel, store=store)
+    cid = entry["ref"]["chunks"][0][0]
+    at = store._locate(bytes.fromhex(cid))
+    [pack] = (bank_root / "objects" / "content" / "packs").rglob(at.pack)
+    raw = bytearray(pack.read_bytes())
+    raw[at.offset + 20] ^= 1
+    pack.write_bytes(bytes(raw))
+    return cid
+
+
+def damage_records(bank_root):
+    folder = bank_root / "objects" / "content" / "damaged"
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_damage_found_by_verify_heals_with_the_next_protect(make_provider, tmp_path):
+    """verify --read-data records a damaged chunk; the next protect of the unchanged tree reads
+    the file that needs it again and stores it anew (dedup no longer trusts the damaged
+    copy), so the older checkpoint restores again too; a delete then drops the damaged copy."""
+    src = tree(tmp_path / "src", n=4, size=200_000)
+    bank_root = tmp_path / "bank"
+    provider = make_provider()
+    first = provider.protect([Resource(DIR, str(src))])
+    _flip_chunk_of(provider, first, src, "a/f2.bin", bank_root)
+    provider.close()
+    provider = make_provider()
+    report = provider.verify(first.id, read_data=True)
+    assert not report["ok"]
+    assert [f for p in report["problems"] for f in p.get("files", [])] == ["a/f2.bin"]
+    assert len(damage_records(bank_root)) == 1
+    provider.close()
+
+    provider = make_provider()  # another process: it learns the damage from the bank
+    second = provider.protect([Resource(DIR, str(src))])
+    info = info_of(second, src)
+    assert info["read_bytes"] == 200_000  # the one file whose data was damaged
+    assert info["reused_files"] == 4
+    assert provider.verify(second.id, read_data=True)["ok"]
+    healed = provider.verify(first.id, read_data=True)
+    assert healed["ok"], healed["problems"]
+    assert any("intact copy" in w for w in healed["warnings"])
+    out = tmp_path / "out"
+    provider.restore(first.id, {DIR: {"target": str(out)}})
+    assert (out / "a" / "f2.bin").read_bytes() == (src / "a" / "f2.bin").read_bytes()
+
+    provider.delete(first.id)  # frees space: the pack with the damaged copy is rewritten
+    store = provider.content_store()
+    full = store.verify(read_data=True)
+    assert full.ok and not full.warnings, (full.errors, full.warnings)
+    assert damage_records(bank_root) == []
+    out2 = tmp_path / "out2"
+    provider.restore(second.id, {DIR: {"target": str(out2)}})
+    for f in src.rglob("*"):
+        if f.is_file():
+            assert (out2 / f.relative_to(src)).read_bytes() == f.read_bytes()
+
+
+def test_damage_met_by_a_restore_heals_with_the_next_protect(make_provider, tmp_path):
+    src = tree(tmp_path / "src", n=3, size=100_000)
+    bank_root = tmp_path / "bank"
+    provider = make_provider()
+    first = provider.protect([Resource(DIR, str(src))])
+    _flip_chunk_of(provider, first, src, "a/f1.bin", bank_root)
+    provider.close()
+    provider = make_provider()
+    with pytest.raises(OperationFailed, match="f1.bin"):
+        provider.restore(first.id, {DIR: {"target": str(tmp_path / "out")}})
+    assert len(damage_records(bank_root)) == 1
+    second = provider.protect([Resource(DIR, str(src))])
+    assert info_of(second, src)["read_bytes"] == 100_000
+    out = tmp_path / "out2"
+    provider.restore(first.id, {DIR: {"target": str(out)}})
+    assert (out / "a" / "f1.bin").read_bytes() == (src / "a" / "f1.bin").read_bytes()
+
+
 def test_delete_frees_space_but_keeps_what_others_need(make_provider, tmp_path):
     src = tree(tmp_path / "src", n=10, size=200_000)
     provider = make_provider()

@@ -89,29 +89,69 @@ def decode_segment(data: bytes, cipher: Cipher) -> tuple[int, list[tuple[str, Pa
 
 
 class Index:
-    """The in-memory union of index segments; thread-safe."""
+    """The in-memory union of index segments; thread-safe.
+
+    A chunk may be stored more than once (two writers at the same time, or a copy written
+    again after the first was found damaged).  Copies known to be damaged (`mark_damaged`)
+    never win over an intact one, and a chunk whose only copy is damaged is not `in` the
+    index: deduplication then stores it again, and reads use the new copy.
+    """
 
     def __init__(self) -> None:
         self._map: dict[bytes, BlobEntry] = {}
+        self._damaged: dict[bytes, BlobEntry] = {}  # chunks whose only known copy is damaged
+        self._bad: set[tuple[bytes, str]] = set()  # (chunk id, pack) copies known damaged
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len(self._map) + len(self._damaged)
 
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self._map
 
     def get(self, chunk_id: bytes) -> BlobEntry | None:
-        return self._map.get(chunk_id)
+        """Where to read the chunk: an intact copy if one is known, else the damaged one."""
+        return self._map.get(chunk_id) or self._damaged.get(chunk_id)
 
     def add_pack(self, pack: str, entries: PackEntries) -> None:
         pack = str(pack)
         with self._lock:
             for cid, off, length, raw in entries:
-                self._map[cid] = BlobEntry(pack, off, length, raw)
+                entry = BlobEntry(pack, off, length, raw)
+                if (cid, pack) in self._bad:
+                    if cid not in self._map:
+                        self._damaged[cid] = entry
+                else:
+                    self._map[cid] = entry
+                    self._damaged.pop(cid, None)
+
+    def mark_damaged(self, copies: Iterable[tuple[bytes, str]]) -> None:
+        """Record copies (chunk id, pack) as damaged: they are read only when no other copy
+        is known."""
+        with self._lock:
+            for cid, pack in copies:
+                self._bad.add((cid, pack))
+                entry = self._map.get(cid)
+                if entry is not None and entry.pack == pack:
+                    del self._map[cid]
+                    self._damaged[cid] = entry
+
+    def is_damaged(self, chunk_id: bytes) -> bool:
+        """Whether every known copy of the chunk is damaged."""
+        return chunk_id in self._damaged
+
+    def damaged(self) -> set[bytes]:
+        """The chunks whose every known copy is damaged."""
+        with self._lock:
+            return set(self._damaged)
+
+    def damaged_copies(self) -> set[tuple[bytes, str]]:
+        with self._lock:
+            return set(self._bad)
 
     def items(self) -> Iterator[tuple[bytes, BlobEntry]]:
-        return iter(list(self._map.items()))
+        with self._lock:
+            return iter([*self._map.items(), *self._damaged.items()])
 
     def by_pack(self) -> dict[str, PackEntries]:
         packs: dict[str, PackEntries] = {}

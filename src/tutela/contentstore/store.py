@@ -11,6 +11,7 @@ import contextlib
 import errno
 import functools
 import getpass
+import json
 import logging
 import os
 import queue
@@ -65,6 +66,10 @@ SECTION = CONTENT_STORE_SECTION
 CONFIG_KEY = "config"
 PACK_PREFIX = "packs/"
 LOCK_PREFIX = "locks/"
+#: Records of chunk copies found damaged (by verify --read-data or a restore): a damaged copy
+#: no longer counts for deduplication, so the next protect of that data stores it again.
+DAMAGED_PREFIX = "damaged/"
+DAMAGED_AAD = b"tutela-damaged"
 PASSWORD_ENV = "TUTELA_PASSWORD"
 #: A lock not refreshed for this long is stale (its writer died) and is ignored.  A lock of a
 #: process on this machine that is provably gone is stale at once (see `_process_gone`).
@@ -438,6 +443,8 @@ class ContentStore:
         self._cache = SegmentCache(cache_root / "contentstore" / self.id / "index")
         self._index = Index()
         self._segments: set[str] = set()
+        self._damage_records: set[str] = set()
+        self._found_damaged: set[tuple[bytes, str]] = set()  # by reads, not recorded yet
         self._load_lock = threading.Lock()
         self._packs: OrderedDict[str, bytes | memoryview] = OrderedDict()
         self._last_pack = ""
@@ -685,14 +692,82 @@ class ContentStore:
         return []
 
     def _load_index(self) -> None:
-        """Read the segments not loaded yet (other writers' new ones)."""
+        """Read the segments not loaded yet (other writers' new ones), and the damage records
+        first, so that a damaged copy never wins over an intact one."""
         with self._load_lock:
+            self._load_damage_records()
             names = {k[len(INDEX_PREFIX) :] for k in self.section.iter_objects(INDEX_PREFIX)}
             for name in sorted(names - self._segments):
                 for pack, entries in self._fetch_segment(name):
                     self._index.add_pack(pack, entries)
                 self._segments.add(name)
             self._cache.prune(names | self._segments)
+
+    def _load_damage_records(self) -> None:
+        names = {k[len(DAMAGED_PREFIX) :] for k in self.section.iter_objects(DAMAGED_PREFIX)}
+        for name in sorted(names - self._damage_records):
+            self._index.mark_damaged(self._read_damage_record(name))
+            self._damage_records.add(name)
+
+    def _read_damage_record(self, name: str) -> list[tuple[bytes, str]]:
+        """The copies a record names; [] when it is gone or unreadable (a record only makes
+        protects store data again: losing one loses no data)."""
+        try:
+            data = self.section.get_object(DAMAGED_PREFIX + name)
+            doc = json.loads(self.keys.cipher.decrypt(data, DAMAGED_AAD))
+            return [(bytes.fromhex(c), str(p)) for c, p in doc["copies"]]
+        except ObjectNotFound:
+            return []
+        except (DecryptError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: damage record %s is unreadable (%s); ignored", self.name, name, exc)
+            return []
+
+    def mark_damaged(self, copies: Iterable[tuple[str | bytes, str]], found_by: str) -> int:
+        """Record chunk copies (id, pack) as damaged, in the bank, for every later writer.
+
+        A chunk whose only copy is damaged then no longer deduplicates: the next protect that
+        meets its data stores it again, and reads (of older checkpoints too) use the new
+        copy.  Returns how many copies were newly recorded.
+        """
+        wanted = {(bytes.fromhex(c) if isinstance(c, str) else c, str(p)) for c, p in copies}
+        new = wanted - self._index.damaged_copies()
+        if not new:
+            return 0
+        self._index.mark_damaged(new)
+        self._write_damage_record(new, found_by)
+        log.warning(
+            "%s: %d damaged chunk(s) recorded; the next protect of their data stores them again",
+            self.name,
+            len(new),
+        )
+        return len(new)
+
+    def _write_damage_record(self, copies: set[tuple[bytes, str]], found_by: str) -> None:
+        doc = {
+            "version": 1,
+            "found_at": int(time.time()),
+            "found_by": found_by,
+            "copies": sorted([cid.hex(), pack] for cid, pack in copies),
+        }
+        name = new_segment_name()
+        data = self.keys.cipher.encrypt(json.dumps(doc).encode(), DAMAGED_AAD)
+        self.section.update_object(DAMAGED_PREFIX + name, data)
+        self._damage_records.add(name)
+
+    def damaged_chunks(self) -> set[str]:
+        """Chunk ids (hex) whose every known copy is damaged: a writer must not take over a
+        file reference that needs one of them."""
+        return {cid.hex() for cid in self._index.damaged()}
+
+    def _record_found_damage(self, found_by: str) -> None:
+        """Record the damage that reads met (best effort: a read-only bank only logs)."""
+        with self._lock:
+            found, self._found_damaged = self._found_damaged, set()
+        if found and self.section.is_writable:
+            try:
+                self.mark_damaged(found, found_by)
+            except Exception as exc:
+                log.warning("%s: could not record damaged chunks: %s", self.name, exc)
 
     def refresh(self) -> None:
         """Pick up chunks that other processes wrote since open (reads do this on a miss)."""
@@ -1028,7 +1103,7 @@ class ContentStore:
         if entry is None and cid in self._pending:
             self.flush()
             entry = self._index.get(cid)
-        if entry is None:
+        if entry is None or self._index.is_damaged(cid):  # another writer may have stored it
             self._load_index()
             entry = self._index.get(cid)
         if entry is None:
@@ -1119,6 +1194,16 @@ class ContentStore:
         return self._read_ranges(pack, ranges)
 
     def _decode(self, cid: bytes, entry: BlobEntry, stored: bytes | memoryview | None) -> bytes:
+        try:
+            return self._decode_checked(cid, entry, stored)
+        except CorruptDataError:
+            with self._lock:
+                self._found_damaged.add((cid, entry.pack))
+            raise
+
+    def _decode_checked(
+        self, cid: bytes, entry: BlobEntry, stored: bytes | memoryview | None
+    ) -> bytes:
         where = f"{self.name}: chunk {cid.hex()} in pack {entry.pack} at offset {entry.offset}"
         if stored is None or len(stored) != entry.length:
             raise CorruptDataError(f"{where}: pack is truncated", entry.pack, cid.hex())
@@ -1146,8 +1231,16 @@ class ContentStore:
         costs more in thread wake-ups than it gains).
 
         Raises CorruptDataError naming the pack and chunk on any damage, MissingChunkError
-        when a chunk is not in the store.
+        when a chunk is not in the store.  A damaged chunk is recorded as such in the store
+        (`mark_damaged`), so that the next protect of its data stores it again.
         """
+        try:
+            yield from self._read(ref, parallel)
+        except CorruptDataError:
+            self._record_found_damage("restore")
+            raise
+
+    def _read(self, ref: FileRef, parallel: bool) -> Iterator[bytes]:
         self._check_usable()
         # Every chunk is checked against its id (in _decode), so the content is right when
         # the chunk list is: a digest of the list is checked up front, one of the content
@@ -1229,15 +1322,26 @@ class ContentStore:
         With `referenced` (chunk ids, hex) only those chunks are checked, and only the packs
         holding them are read: each must be indexed, present and intact.  Damage elsewhere in
         a pack that holds one of them is a `warning` (the pack is damaged, these chunks are
-        not)."""
+        not).  A chunk stored twice is intact when one copy is: damage to the other copy is a
+        warning too (the next sweep drops it).  Damaged copies found are recorded
+        (`mark_damaged`), so that the next protect of their data stores it again; without
+        `read_data`, copies recorded so are reported as damaged.
+        """
         self.flush()
         report = VerifyReport()
+        self._load_index()  # the damage records of other processes, too
+        known_bad = self._index.damaged_copies()
         _, packs = self._reload_full()
         in_bank = self._bank_packs()
         wanted = None if referenced is None else {bytes.fromhex(c) for c in referenced}
         if wanted is None:
             report.unindexed_packs = sorted(in_bank - set(packs))
         indexed: set[bytes] = set()
+        intact: set[bytes] = set()
+        # (message, chunks it is about, "pack" or "chunk"): resolved once every copy of every
+        # chunk has been seen.
+        faults: list[tuple[str, set[bytes], str]] = []
+        missing: set[tuple[bytes, str]] = set()
         for pack, entries in sorted(packs.items()):
             indexed.update(e[0] for e in entries)
             if wanted is not None:
@@ -1245,38 +1349,84 @@ class ContentStore:
                 if not entries:
                     continue
             report.packs_checked += 1
+            cids = {e[0] for e in entries}
             if pack not in in_bank:
-                report.errors.append(f"pack {pack}: missing ({len(entries)} chunks indexed)")
-                report.damaged_chunks.update(e[0].hex() for e in entries)
+                if not self._pack_exists(pack):
+                    missing.update((cid, pack) for cid in cids)
+                faults.append(
+                    (f"pack {pack}: missing ({len(entries)} chunks indexed)", cids, "chunk")
+                )
                 continue
             if not read_data:
                 size = self.section.object_size(pack_key(pack))
                 end = max((off + ln for _, off, ln, _ in entries), default=0)
                 if size < end:
-                    report.errors.append(f"pack {pack}: {size} bytes, index needs {end}")
-                    report.damaged_chunks.update(e[0].hex() for e in entries)
+                    faults.append((f"pack {pack}: {size} bytes, index needs {end}", cids, "chunk"))
+                    continue
+                bad = {cid for cid in cids if (cid, pack) in known_bad}
+                if bad:
+                    faults.append(
+                        (
+                            f"pack {pack}: {len(bad)} chunk(s) found damaged by an earlier "
+                            "check or restore",
+                            bad,
+                            "chunk",
+                        )
+                    )
+                intact.update(cids - bad)
                 continue
-            self._verify_pack(pack, entries, report, partial=wanted is not None)
+            intact.update(self._verify_pack(pack, entries, report, faults))
+        for message, cids, kind in faults:
+            lost = cids - intact
+            if lost or (kind == "pack" and wanted is None):
+                report.errors.append(message)
+                report.damaged_chunks.update(cid.hex() for cid in lost)
+            elif kind == "pack":
+                report.warnings.append(
+                    f"{message}; the {len(cids)} chunk(s) asked about are intact"
+                )
+            else:
+                report.warnings.append(
+                    f"{message}; an intact copy is stored in another pack and used instead "
+                    "(the next delete or prune drops this one)"
+                )
         for cid in sorted(wanted or ()):
             if cid not in indexed:
                 report.errors.append(f"chunk {cid.hex()}: referenced but in no index segment")
                 report.damaged_chunks.add(cid.hex())
+        with self._lock:
+            self._found_damaged.update(missing)
+        self._record_found_damage("verify")
         return report
 
+    def _pack_exists(self, pack: str) -> bool:
+        """Asked directly: a listing may lag behind a write on an object store."""
+        try:
+            self.section.object_size(pack_key(pack))
+        except ObjectNotFound:
+            return False
+        return True
+
     def _verify_pack(
-        self, pack: str, entries: PackEntries, report: VerifyReport, partial: bool = False
-    ) -> None:
-        """Read one pack whole and check `entries` in it.  Each chunk is judged by its own
-        check (it authenticates, or hashes to its id): a pack that does not hash to its name
-        or whose header is unreadable is damaged, but the chunks that pass are intact.  When
-        `partial` (only some of the pack's chunks are asked about) and every one of them
-        passes, the pack's own damage is a warning, not an error."""
+        self,
+        pack: str,
+        entries: PackEntries,
+        report: VerifyReport,
+        faults: list[tuple[str, set[bytes], str]],
+    ) -> set[bytes]:
+        """Read one pack whole and check `entries` in it; returns the chunks found intact.
+
+        Each chunk is judged by its own check (it authenticates, or hashes to its id): a pack
+        that does not hash to its name or whose header is unreadable is damaged, but the
+        chunks that pass are intact.  Faults go to `faults` for `verify` to weigh."""
+        cids = {e[0] for e in entries}
         try:
             data = self.section.get_object(pack_key(pack))
         except ObjectNotFound:
-            report.errors.append(f"pack {pack}: missing")
-            report.damaged_chunks.update(e[0].hex() for e in entries)
-            return
+            with self._lock:
+                self._found_damaged.update((cid, pack) for cid in cids)
+            faults.append((f"pack {pack}: missing", cids, "chunk"))
+            return set()
         pack_faults = []
         if blake3.blake3(data).hexdigest() != pack:
             pack_faults.append(f"pack {pack}: content does not hash to its name (damaged)")
@@ -1285,31 +1435,31 @@ class ContentStore:
         except (DecryptError, ValueError) as exc:
             pack_faults.append(f"pack {pack}: header unreadable ({exc})")
             header = {}
-        errors_before = len(report.errors)
+        intact: set[bytes] = set()
+        chunk_faults: list[tuple[str, set[bytes], str]] = []
         jobs = []
         for cid, off, ln, raw in entries:
             if header and header.get(cid) != (cid, off, ln, raw):
-                report.errors.append(
-                    f"pack {pack}: chunk {cid.hex()} not in the pack header as indexed"
+                chunk_faults.append(
+                    (
+                        f"pack {pack}: chunk {cid.hex()} not in the pack header as indexed",
+                        {cid},
+                        "chunk",
+                    )
                 )
-                report.damaged_chunks.add(cid.hex())
             entry = BlobEntry(pack, off, ln, raw)
-            jobs.append(self._pool.submit(self._decode, cid, entry, data[off : off + ln]))
-        for fut in jobs:
+            jobs.append((cid, self._pool.submit(self._decode, cid, entry, data[off : off + ln])))
+        for cid, fut in jobs:
             report.chunks_checked += 1
             try:
                 fut.result()
             except CorruptDataError as exc:
-                report.errors.append(str(exc))
-                if exc.chunk:
-                    report.damaged_chunks.add(exc.chunk)
-        if partial and len(report.errors) == errors_before:
-            report.warnings.extend(
-                f"{fault}; the {len(entries)} chunk(s) asked about are intact"
-                for fault in pack_faults
-            )
-        else:
-            report.errors[errors_before:errors_before] = pack_faults
+                chunk_faults.append((str(exc), {cid}, "chunk"))
+            else:
+                intact.add(cid)
+        faults.extend((fault, cids, "pack") for fault in pack_faults)
+        faults.extend(chunk_faults)
+        return intact
 
     # -- garbage collection ----------------------------------------------------------------
     def sweep(self, referenced: Iterable[str], repack_threshold: float = 0.3) -> SweepReport:
@@ -1333,21 +1483,45 @@ class ContentStore:
             self._write_lock(exclusive=True)
             try:
                 self._check_no_other_locks(exclusive=True)
+                with self._load_lock:
+                    self._load_damage_records()
+                    old_records = set(self._damage_records)
+                bad = self._index.damaged_copies()
                 old_segments, packs = self._reload_full()
                 in_bank = self._bank_packs()
                 keep: dict[str, PackEntries] = {}
                 delete: set[str] = set(in_bank - set(packs))  # orphans of crashed writers
                 repack: dict[str, PackEntries] = {}
                 placed: set[bytes] = set()  # live chunks already given a home
+                # A damaged copy is kept only while no intact copy of its chunk exists (it
+                # still names the chunk as damaged rather than missing), and never repacked:
+                # its damage record names its pack.
+                good = {
+                    e[0]
+                    for pack, entries in packs.items()
+                    if pack in in_bank
+                    for e in entries
+                    if e[0] in live and (e[0], pack) not in bad
+                }
                 for pack, entries in sorted(packs.items()):
                     if pack not in in_bank:
                         continue  # missing pack: verify reports it; nothing to keep
                     total = sum(ln for _, _, ln, _ in entries)
-                    used = [e for e in entries if e[0] in live and e[0] not in placed]
+                    used = [
+                        e
+                        for e in entries
+                        if e[0] in live
+                        and e[0] not in placed
+                        and ((e[0], pack) not in bad or e[0] not in good)
+                    ]
                     used_bytes = sum(e[2] for e in used)
                     if not used:
                         delete.add(pack)
-                    elif total and 1 - used_bytes / total >= repack_threshold:
+                    elif any((e[0], pack) in bad for e in used):
+                        keep[pack] = entries
+                    elif (total and 1 - used_bytes / total >= repack_threshold) or any(
+                        (e[0], pack) in bad for e in entries
+                    ):  # (a damaged copy with an intact one elsewhere is dropped)
                         repack[pack] = used
                         delete.add(pack)
                     else:
@@ -1368,6 +1542,7 @@ class ContentStore:
                 for name in old_segments:
                     self.section.delete_object(INDEX_PREFIX + name)
                 report.segments_replaced = len(old_segments)
+                bad = self._rewrite_damage_records(old_records, bad, set(keep))
                 for pack in sorted(delete):
                     with contextlib.suppress(ObjectNotFound):
                         report.bytes_freed += self.section.object_size(pack_key(pack))
@@ -1376,6 +1551,7 @@ class ContentStore:
                 with self._packs_lock:
                     self._packs.clear()
                 self._index = Index()
+                self._index.mark_damaged(bad)
                 for pack, entries in index_packs:
                     self._index.add_pack(pack, entries)
                 self._segments = set(new_segments)
@@ -1388,6 +1564,23 @@ class ContentStore:
                         self.section.delete_object(LOCK_PREFIX + self._lock_id)
                     self._lock_written = 0.0
         return report
+
+    def _rewrite_damage_records(
+        self, old: set[str], bad: set[tuple[bytes, str]], kept: set[str]
+    ) -> set[tuple[bytes, str]]:
+        """Keep the records of damaged copies in packs that stay, drop the rest; returns the
+        copies still recorded.  The new record is written first: a crash in between leaves a
+        copy recorded twice, which is harmless."""
+        still = {(cid, pack) for cid, pack in bad if pack in kept}
+        if still == bad and len(old) <= 1:
+            return still
+        if still:
+            self._write_damage_record(still, "sweep")
+        for name in old:
+            with contextlib.suppress(ObjectNotFound):
+                self.section.delete_object(DAMAGED_PREFIX + name)
+            self._damage_records.discard(name)
+        return still
 
     def _repack(
         self, repack: dict[str, PackEntries], report: SweepReport

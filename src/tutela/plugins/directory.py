@@ -332,6 +332,20 @@ class ProtectDirectory(Operation):
                     f"cannot be read ({type(exc).__name__}: {exc}); reading every file again"
                 )
                 ignored_previous, previous = previous.id, None
+            damaged = store.damaged_chunks()
+            if damaged:  # found by a verify or restore: read those files again, to heal
+                stale = [
+                    e
+                    for e in old.values()
+                    if any(c in damaged for c, _ in e.get("ref", {}).get("chunks", ()))
+                ]
+                for e in stale:
+                    del e["ref"]
+                if stale:
+                    context.progress.message(
+                        f"{resource.key}: {len(stale)} file(s) of the previous checkpoint have "
+                        "damaged data in the bank; reading them again"
+                    )
         st = os.stat(root)
         entries: list[dict[str, Any]] = [
             {
