@@ -6,7 +6,8 @@ files, resources and checkpoints, compressed, optionally encrypted) and records 
 files, folders, symlinks, empty files, modes, mtimes — in a manifest.  It is incremental
 forever: a file whose path, size, mtime and inode match the previous available checkpoint of the
 same resource is not read again; its chunk list is taken over.  A file that changes while it is
-read is read once more and, if it changes again, recorded as `changed_while_read`.
+read is read once more and, if it changes again, recorded as `changed_while_read`.  The
+names of a hard-linked file are read once: later names carry `link`, the first one's path.
 
 Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
@@ -106,6 +107,12 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "bytes": {"type": "integer", "minimum": 0},
         "reused_files": {"type": "integer", "minimum": 0},
         "read_bytes": {"type": "integer", "minimum": 0},
+        "hard_links": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Files recorded as a hard link to another name in the tree (its "
+            "data, not read again); counted in `files` too.",
+        },
         "previous_checkpoint": {"type": ["string", "null"]},
         "ignored_previous_checkpoint": {
             "type": "string",
@@ -350,12 +357,18 @@ class ProtectDirectory(Operation):
             "bytes": 0,
             "reused_files": 0,
             "read_bytes": 0,
+            "hard_links": 0,
         }
         skipped: list[str] = []
         unreadable: list[tuple[str, OSError]] = []
         dir_at: dict[str, int] = {}  # folder -> its entry, to drop it if it cannot be listed
         dropped: set[int] = set()
         todo: dict[int, tuple[LocalFile, os.stat_result]] = {}
+        # Hard links: the entry of each inode's first name, the entries of its later names
+        # (by the first's), and their lstat.
+        first_name: dict[tuple[int, int], int] = {}
+        later_names: dict[int, list[int]] = {}
+        walked: dict[int, tuple[str, os.stat_result]] = {}
 
         # The whole tree is listed before any file is read.  Interleaving the two was
         # slower: with the store's threads busy, each of the walk's many lstat calls gives
@@ -383,6 +396,14 @@ class ProtectDirectory(Operation):
                 entry.update(type="file", size=st.st_size, ino=st.st_ino)
                 counts["files"] += 1
                 counts["bytes"] += st.st_size
+                if st.st_nlink > 1:  # a hard link: its data is the first name's, read once
+                    inode = (st.st_dev, st.st_ino)
+                    first = first_name.setdefault(inode, len(entries))
+                    if first != len(entries):
+                        later_names.setdefault(first, []).append(len(entries))
+                        walked[len(entries)] = (full, st)
+                        entries.append(entry)
+                        continue
                 prior = old.get(rel)
                 if _same_file(prior, st):
                     entry["ref"] = prior["ref"]  # type: ignore[index]
@@ -404,9 +425,23 @@ class ProtectDirectory(Operation):
         sources = ((index, todo[index][0]) for index in list(todo))
         store = opening.result()
         store.hold()
+        read = set(todo)
         changed, vanished, denied = self._store_files(
             store, entries, sources, todo, counts, context
         )
+        if later_names:
+            self._link_names(
+                store,
+                entries,
+                later_names,
+                walked,
+                read,
+                counts,
+                context,
+                changed,
+                vanished,
+                denied,
+            )
         gone = [entries[i] for i in sorted(vanished)]
         for i, error in denied.items():
             unreadable.append((entries[i]["path"], error))
@@ -449,6 +484,8 @@ class ProtectDirectory(Operation):
         }
         if ignored_previous is not None:
             info["ignored_previous_checkpoint"] = ignored_previous
+        if not info["hard_links"]:
+            del info["hard_links"]
         for key, names in details.items():
             info[f"{key}_count"] = len(names)
         if skipped:
@@ -473,6 +510,54 @@ class ProtectDirectory(Operation):
                 + ", ".join(changed[:5])
             )
         section.put_json("metadata", info)
+
+    @classmethod
+    def _link_names(
+        cls,
+        store,
+        entries,
+        later_names,
+        walked,
+        read,
+        counts,
+        context,
+        changed,
+        vanished,
+        denied,
+    ) -> None:
+        """Record the later names of each hard-linked file as links to its first name
+        (`link`: the first name's path), with its data and metadata: one inode, read once.
+        When the first name was left out (deleted or denied meanwhile) or is another file
+        now (replaced while read), its later names are read on their own, the first of them
+        becoming the first name of the rest."""
+        groups = later_names
+        while groups:
+            again: dict[int, tuple[LocalFile, os.stat_result]] = {}
+            retry: dict[int, list[int]] = {}
+            for first, names in groups.items():
+                head = entries[first]
+                if first in vanished or first in denied or head["ino"] != entries[names[0]]["ino"]:
+                    full, st = walked[names[0]]
+                    again[names[0]] = (LocalFile(full, st.st_size), st)
+                    if names[1:]:
+                        retry[names[0]] = names[1:]
+                    continue
+                for i in names:
+                    entries[i] = {**head, "path": entries[i]["path"], "link": head["path"]}
+                counts["hard_links"] += len(names)
+                if first not in read:  # taken over from the previous checkpoint
+                    counts["reused_files"] += len(names)
+                if head.get("changed_while_read"):
+                    changed.extend(entries[i]["path"] for i in names)
+            if not again:
+                return
+            read.update(again)
+            sources = ((index, again[index][0]) for index in list(again))
+            more, gone, refused = cls._store_files(store, entries, sources, again, counts, context)
+            changed.extend(more)
+            vanished.update(gone)
+            denied.update(refused)
+            groups = retry
 
     @staticmethod
     def _store_files(
