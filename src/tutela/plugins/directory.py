@@ -12,8 +12,10 @@ names of a hard-linked file are read once: later names carry `link`, the first o
 Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
 As root it gives entries their recorded owner (`owner: false` does not); a file whose owner
-is not restored loses its setuid and setgid bits.  Holes stay holes.  Files whose data is
-damaged are not written; the rest of the tree is, and the restore then fails naming them.
+is not restored loses its setuid and setgid bits.  Holes stay holes.  Hard links are made
+again among the names restored (a name that cannot be linked is written as a file).  Files
+whose data is damaged are not written; the rest of the tree is, and the restore then fails
+naming them.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -835,6 +837,11 @@ class RestoreDirectory(Operation):
         damaged: list[tuple[str, ContentStoreError]] = []
         batch: list[tuple[dict[str, Any], str]] = []
         batch_bytes = 0
+        # Hard links: the first file restored of each group (by the manifest path the later
+        # names' `link` gives), and the later names, linked to it once it is written.
+        linked_to = {e["link"] for e in entries if isinstance(e.get("link"), str)}
+        first_of: dict[str, tuple[dict[str, Any], str]] = {}
+        links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
 
         def restore_batch(files: list[tuple[dict[str, Any], str]]) -> None:
             try:
@@ -877,6 +884,14 @@ class RestoreDirectory(Operation):
                     _restore_owner(entry, owner, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
                 elif kind == "file":
+                    if linked_to:
+                        group = entry.get("link") or entry["path"]
+                        first = first_of.get(group) if group in linked_to else None
+                        if first is not None and first[0].get("ref") == entry.get("ref"):
+                            links.append((entry, dest, *first))
+                            continue
+                        if group in linked_to:
+                            first_of.setdefault(group, (entry, dest))
                     batch.append((entry, dest))
                     batch_bytes += entry["size"]
                     if len(batch) >= RESTORE_BATCH_FILES or batch_bytes >= RESTORE_BATCH_BYTES:
@@ -885,6 +900,8 @@ class RestoreDirectory(Operation):
                 submit()
         if failures:
             raise failures[0]
+        if links:
+            self._restore_links(store, links, damaged, context, owner, resource)
         for dest, entry in reversed(dirs):
             _restore_owner(entry, owner, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
@@ -901,6 +918,34 @@ class RestoreDirectory(Operation):
                 f"restored, their data is damaged or missing: "
                 f"{_show_list(paths, DAMAGED_SHOWN)}; everything else was restored "
                 f"(first error: {first})"
+            )
+
+    @classmethod
+    def _restore_links(cls, store, links, damaged, context, owner: bool, resource) -> None:
+        """Make the later names of hard-linked files links to the first name restored (whose
+        write set the inode's owner, mode and mtime).  A name that cannot be linked (another
+        file system, links refused or not supported) is written as a file of its own."""
+        bad = dict(damaged)
+        unlinked: list[tuple[str, OSError]] = []
+        for entry, dest, first, first_dest in links:
+            if first["path"] in bad:  # the same data: damaged too
+                damaged.append((entry["path"], bad[first["path"]]))
+                continue
+            try:
+                _link(first_dest, dest)
+                continue
+            except OSError as exc:
+                unlinked.append((entry["path"], exc))
+            try:
+                cls._restore_file(store, entry, dest, context, owner)
+            except (CorruptDataError, MissingChunkError) as exc:
+                damaged.append((entry["path"], exc))
+        if unlinked:
+            error = unlinked[0][1]
+            context.progress.message(
+                f"{resource.key}: {len(unlinked)} hard link(s) could not be made "
+                f"({error.strerror or error}), written as separate files: "
+                + _show_list([p for p, _ in unlinked])
             )
 
     @staticmethod
@@ -940,6 +985,31 @@ class RestoreDirectory(Operation):
             if os.path.lexists(written_to):
                 os.unlink(written_to)
             raise
+
+
+def _link(source: str, dest: str) -> None:
+    """Make `dest` a hard link to `source`.  A name that exists is replaced (through a
+    temporary link renamed over it), never left half-made."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    folder = os.path.dirname(dest)
+    while True:
+        tmp = os.path.join(folder, f".tutela-restore-{os.urandom(6).hex()}")
+        try:
+            os.link(source, tmp, follow_symlinks=False)
+            break
+        except FileExistsError:
+            continue
+    try:
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            _remove(dest)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.lexists(tmp):  # not renamed; or dest was already this file (a no-op)
+            os.unlink(tmp)
 
 
 def in_path(path: str, wanted: str) -> bool:
