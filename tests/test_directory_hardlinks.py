@@ -4,6 +4,7 @@ restore links the names it selects; a manifest without `link` restores as before
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import subprocess
 import pytest
 
 from tutela import Resource
+from tutela.cli import main
 from tutela.plugins.directory import read_manifest
 
 DIR = "Tutela::Directory"
@@ -191,3 +193,22 @@ def test_names_on_another_file_system_are_written_as_files(make_provider, tmp_pa
         assert [m for m in progress.messages if "hard link" in m and "d/b" in m]
     finally:
         subprocess.run(["umount", str(out / "d")], check=True)
+
+
+def test_ls_shows_which_name_is_a_link(make_provider, tmp_path, env_config_dir, capsys):
+    src = linked_tree(tmp_path / "src")
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    provider.close()
+    (env_config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
+    )
+    assert main(["checkpoints", "ls", cp.id, "--json"]) == 0
+    listed = {e["path"]: e for e in json.loads(capsys.readouterr().out)}
+    assert listed["c"]["link"] == listed["d/b"]["link"] == "a"
+    assert "link" not in listed["a"] and "link" not in listed["z"]
+    assert main(["checkpoints", "ls", cp.id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.endswith("  d/b link to a")]
+    assert [line for line in lines if line.endswith("  a")]  # the first name: as before
