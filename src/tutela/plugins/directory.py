@@ -6,13 +6,16 @@ files, resources and checkpoints, compressed, optionally encrypted) and records 
 files, folders, symlinks, empty files, modes, mtimes — in a manifest.  It is incremental
 forever: a file whose path, size, mtime and inode match the previous available checkpoint of the
 same resource is not read again; its chunk list is taken over.  A file that changes while it is
-read is read once more and, if it changes again, recorded as `changed_while_read`.
+read is read once more and, if it changes again, recorded as `changed_while_read`.  The
+names of a hard-linked file are read once: later names carry `link`, the first one's path.
 
 Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
 As root it gives entries their recorded owner (`owner: false` does not); a file whose owner
-is not restored loses its setuid and setgid bits.  Holes stay holes.  Files whose data is
-damaged are not written; the rest of the tree is, and the restore then fails naming them.
+is not restored loses its setuid and setgid bits.  Holes stay holes.  Hard links are made
+again among the names restored (a name that cannot be linked is written as a file).  Files
+whose data is damaged are not written; the rest of the tree is, and the restore then fails
+naming them.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -106,6 +109,12 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "bytes": {"type": "integer", "minimum": 0},
         "reused_files": {"type": "integer", "minimum": 0},
         "read_bytes": {"type": "integer", "minimum": 0},
+        "hard_links": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Files recorded as a hard link to another name in the tree (its "
+            "data, not read again); counted in `files` too.",
+        },
         "previous_checkpoint": {"type": ["string", "null"]},
         "ignored_previous_checkpoint": {
             "type": "string",
@@ -364,12 +373,18 @@ class ProtectDirectory(Operation):
             "bytes": 0,
             "reused_files": 0,
             "read_bytes": 0,
+            "hard_links": 0,
         }
         skipped: list[str] = []
         unreadable: list[tuple[str, OSError]] = []
         dir_at: dict[str, int] = {}  # folder -> its entry, to drop it if it cannot be listed
         dropped: set[int] = set()
         todo: dict[int, tuple[LocalFile, os.stat_result]] = {}
+        # Hard links: the entry of each inode's first name, the entries of its later names
+        # (by the first's), and their lstat.
+        first_name: dict[tuple[int, int], int] = {}
+        later_names: dict[int, list[int]] = {}
+        walked: dict[int, tuple[str, os.stat_result]] = {}
 
         # The whole tree is listed before any file is read.  Interleaving the two was
         # slower: with the store's threads busy, each of the walk's many lstat calls gives
@@ -397,6 +412,14 @@ class ProtectDirectory(Operation):
                 entry.update(type="file", size=st.st_size, ino=st.st_ino)
                 counts["files"] += 1
                 counts["bytes"] += st.st_size
+                if st.st_nlink > 1:  # a hard link: its data is the first name's, read once
+                    inode = (st.st_dev, st.st_ino)
+                    first = first_name.setdefault(inode, len(entries))
+                    if first != len(entries):
+                        later_names.setdefault(first, []).append(len(entries))
+                        walked[len(entries)] = (full, st)
+                        entries.append(entry)
+                        continue
                 prior = old.get(rel)
                 if _same_file(prior, st):
                     entry["ref"] = prior["ref"]  # type: ignore[index]
@@ -418,9 +441,23 @@ class ProtectDirectory(Operation):
         sources = ((index, todo[index][0]) for index in list(todo))
         store = opening.result()
         store.hold()
+        read = set(todo)
         changed, vanished, denied = self._store_files(
             store, entries, sources, todo, counts, context
         )
+        if later_names:
+            self._link_names(
+                store,
+                entries,
+                later_names,
+                walked,
+                read,
+                counts,
+                context,
+                changed,
+                vanished,
+                denied,
+            )
         gone = [entries[i] for i in sorted(vanished)]
         for i, error in denied.items():
             unreadable.append((entries[i]["path"], error))
@@ -463,6 +500,8 @@ class ProtectDirectory(Operation):
         }
         if ignored_previous is not None:
             info["ignored_previous_checkpoint"] = ignored_previous
+        if not info["hard_links"]:
+            del info["hard_links"]
         for key, names in details.items():
             info[f"{key}_count"] = len(names)
         if skipped:
@@ -487,6 +526,54 @@ class ProtectDirectory(Operation):
                 + ", ".join(changed[:5])
             )
         section.put_json("metadata", info)
+
+    @classmethod
+    def _link_names(
+        cls,
+        store,
+        entries,
+        later_names,
+        walked,
+        read,
+        counts,
+        context,
+        changed,
+        vanished,
+        denied,
+    ) -> None:
+        """Record the later names of each hard-linked file as links to its first name
+        (`link`: the first name's path), with its data and metadata: one inode, read once.
+        When the first name was left out (deleted or denied meanwhile) or is another file
+        now (replaced while read), its later names are read on their own, the first of them
+        becoming the first name of the rest."""
+        groups = later_names
+        while groups:
+            again: dict[int, tuple[LocalFile, os.stat_result]] = {}
+            retry: dict[int, list[int]] = {}
+            for first, names in groups.items():
+                head = entries[first]
+                if first in vanished or first in denied or head["ino"] != entries[names[0]]["ino"]:
+                    full, st = walked[names[0]]
+                    again[names[0]] = (LocalFile(full, st.st_size), st)
+                    if names[1:]:
+                        retry[names[0]] = names[1:]
+                    continue
+                for i in names:
+                    entries[i] = {**head, "path": entries[i]["path"], "link": head["path"]}
+                counts["hard_links"] += len(names)
+                if first not in read:  # taken over from the previous checkpoint
+                    counts["reused_files"] += len(names)
+                if head.get("changed_while_read"):
+                    changed.extend(entries[i]["path"] for i in names)
+            if not again:
+                return
+            read.update(again)
+            sources = ((index, again[index][0]) for index in list(again))
+            more, gone, refused = cls._store_files(store, entries, sources, again, counts, context)
+            changed.extend(more)
+            vanished.update(gone)
+            denied.update(refused)
+            groups = retry
 
     @staticmethod
     def _store_files(
@@ -764,6 +851,11 @@ class RestoreDirectory(Operation):
         damaged: list[tuple[str, ContentStoreError]] = []
         batch: list[tuple[dict[str, Any], str]] = []
         batch_bytes = 0
+        # Hard links: the first file restored of each group (by the manifest path the later
+        # names' `link` gives), and the later names, linked to it once it is written.
+        linked_to = {e["link"] for e in entries if isinstance(e.get("link"), str)}
+        first_of: dict[str, tuple[dict[str, Any], str]] = {}
+        links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
 
         def restore_batch(files: list[tuple[dict[str, Any], str]]) -> None:
             try:
@@ -806,6 +898,14 @@ class RestoreDirectory(Operation):
                     _restore_owner(entry, owner, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
                 elif kind == "file":
+                    if linked_to:
+                        group = entry.get("link") or entry["path"]
+                        first = first_of.get(group) if group in linked_to else None
+                        if first is not None and first[0].get("ref") == entry.get("ref"):
+                            links.append((entry, dest, *first))
+                            continue
+                        if group in linked_to:
+                            first_of.setdefault(group, (entry, dest))
                     batch.append((entry, dest))
                     batch_bytes += entry["size"]
                     if len(batch) >= RESTORE_BATCH_FILES or batch_bytes >= RESTORE_BATCH_BYTES:
@@ -814,6 +914,8 @@ class RestoreDirectory(Operation):
                 submit()
         if failures:
             raise failures[0]
+        if links:
+            self._restore_links(store, links, damaged, context, owner, resource)
         for dest, entry in reversed(dirs):
             _restore_owner(entry, owner, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
@@ -830,6 +932,34 @@ class RestoreDirectory(Operation):
                 f"restored, their data is damaged or missing: "
                 f"{_show_list(paths, DAMAGED_SHOWN)}; everything else was restored "
                 f"(first error: {first})"
+            )
+
+    @classmethod
+    def _restore_links(cls, store, links, damaged, context, owner: bool, resource) -> None:
+        """Make the later names of hard-linked files links to the first name restored (whose
+        write set the inode's owner, mode and mtime).  A name that cannot be linked (another
+        file system, links refused or not supported) is written as a file of its own."""
+        bad = dict(damaged)
+        unlinked: list[tuple[str, OSError]] = []
+        for entry, dest, first, first_dest in links:
+            if first["path"] in bad:  # the same data: damaged too
+                damaged.append((entry["path"], bad[first["path"]]))
+                continue
+            try:
+                _link(first_dest, dest)
+                continue
+            except OSError as exc:
+                unlinked.append((entry["path"], exc))
+            try:
+                cls._restore_file(store, entry, dest, context, owner)
+            except (CorruptDataError, MissingChunkError) as exc:
+                damaged.append((entry["path"], exc))
+        if unlinked:
+            error = unlinked[0][1]
+            context.progress.message(
+                f"{resource.key}: {len(unlinked)} hard link(s) could not be made "
+                f"({error.strerror or error}), written as separate files: "
+                + _show_list([p for p, _ in unlinked])
             )
 
     @staticmethod
@@ -869,6 +999,31 @@ class RestoreDirectory(Operation):
             if os.path.lexists(written_to):
                 os.unlink(written_to)
             raise
+
+
+def _link(source: str, dest: str) -> None:
+    """Make `dest` a hard link to `source`.  A name that exists is replaced (through a
+    temporary link renamed over it), never left half-made."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    folder = os.path.dirname(dest)
+    while True:
+        tmp = os.path.join(folder, f".tutela-restore-{os.urandom(6).hex()}")
+        try:
+            os.link(source, tmp, follow_symlinks=False)
+            break
+        except FileExistsError:
+            continue
+    try:
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            _remove(dest)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.lexists(tmp):  # not renamed; or dest was already this file (a no-op)
+            os.unlink(tmp)
 
 
 def in_path(path: str, wanted: str) -> bool:
