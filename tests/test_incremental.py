@@ -281,7 +281,7 @@ def test_damage_met_by_a_restore_heals_with_the_next_protect(make_provider, tmp_
     _flip_chunk_of(provider, first, src, "a/f1.bin", bank_root)
     provider.close()
     provider = make_provider()
-    with pytest.raises(OperationFailed, match="f1.bin"):
+    with pytest.raises(OperationFailed, match=r"f1\.bin"):
         provider.restore(first.id, {DIR: {"target": str(tmp_path / "out")}})
     assert len(damage_records(bank_root)) == 1
     second = provider.protect([Resource(DIR, str(src))])
