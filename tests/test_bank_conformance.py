@@ -469,7 +469,8 @@ def test_racing_owners_exactly_one_wins(bank_factory: Factory) -> None:
 # -- the content store on every bank -----------------------------------------------------------
 def test_content_store_on_every_bank(bank_factory: Factory, tmp_path) -> None:
     """Encrypted multi-pack round trip, dedup across store objects, a lone chunk read by
-    range, damage caught naming the pack, and a sweep that frees what nothing refers to."""
+    range, damage caught naming the pack and healed by writing the data again, and a sweep
+    that frees what nothing refers to."""
     from tutela.config import ProviderConfig
     from tutela.contentstore import ContentStore, CorruptDataError, MissingChunkError
 
@@ -518,6 +519,20 @@ def test_content_store_on_every_bank(bank_factory: Factory, tmp_path) -> None:
             store.read_bytes(kept)
         assert info.value.pack == victim.rsplit("/", 1)[-1]
         assert not store.verify(read_data=True).ok
+    # The damage is recorded in the bank: the same data written again is stored again, the
+    # old reference reads the new copy, and a sweep drops the damaged one.
+    assert list(section.iter_objects("damaged/"))
+    with ContentStore.open(section, config, password="pw") as store:
+        assert store.damaged_chunks()
+        healed = store.write_bytes(keep)
+        assert healed.chunks == kept.chunks and store.stats.chunks_new >= 1
+        store.flush()
+        assert store.read_bytes(kept) == keep
+        store.sweep(kept.chunk_ids())
+        assert victim not in set(section.iter_objects("packs/"))
+        full = store.verify(read_data=True)
+        assert full.ok and not full.warnings, (full.errors, full.warnings)
+    assert not list(section.iter_objects("damaged/"))
 
 
 # -- bank-specific: large objects -------------------------------------------------------------
