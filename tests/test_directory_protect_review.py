@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -323,6 +324,14 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
     for key in ("skipped", "vanished", "changed_while_read", "unreadable", "unreadable_count"):
         assert key not in info
     assert section_of(cp, src).get_json("metadata") == info
+    # Left out and changed: the checkpoint is incomplete; the FIFO (skipped) is not counted.
+    assert cp.status == "available"
+    assert [(w["resource"]["id"], w["counts"]) for w in cp.warnings] == [
+        (str(src), {"vanished": 1, "changed_while_read": 1})
+    ]
+    assert cp.warnings[0]["message"] == (
+        "1 file deleted while read (left out), 1 file changed while read (saved, maybe inconsistent)"
+    )
     assert details_of(provider, cp, src) == {
         "skipped": ["fifo-wvqzk"],
         "changed_while_read": ["busy-zkjwq.log"],
@@ -352,3 +361,34 @@ def test_a_clean_tree_has_no_details_object(make_provider, tmp_path):
     info = info_of(cp, src)
     assert not [k for k in info if k.endswith("_count")]
     assert read_details(section_of(cp, src), provider.content_store()) == {}
+    assert cp.warnings == []
+
+
+def test_fifos_and_sockets_alone_make_no_warning(make_provider, tmp_path):
+    """They hold no data to read: left out by design, counted as `skipped`, not a reason to
+    call every protect of the tree incomplete."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f\n")
+    os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(src / "sock"))
+        provider = make_provider()
+        cp = provider.protect([Resource(DIR, str(src))])
+    finally:
+        sock.close()
+    assert info_of(cp, src)["skipped_count"] == 2
+    assert cp.status == "available" and cp.warnings == []
+
+
+def test_incomplete_message_says_how_many_never_which():
+    assert directory.incomplete_message({"unreadable": 1}) == (
+        "1 file or folder unreadable (left out)"
+    )
+    assert directory.incomplete_message({"unreadable": 2, "vanished": 3}) == (
+        "2 files or folders unreadable (left out), 3 files deleted while read (left out)"
+    )
+    assert directory.incomplete_message({"changed_while_read": 2}) == (
+        "2 files changed while read (saved, maybe inconsistent)"
+    )
