@@ -5,6 +5,7 @@ being read, and name lists kept out of the bank's clear-text metadata."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tutela import OperationFailed, Resource
+from tutela.cli import main
 from tutela.operations import Progress
 from tutela.plugins import directory
 from tutela.plugins.directory import DirectoryProtectionPlugin, read_details, read_manifest
@@ -224,6 +226,7 @@ def test_unreadable_files_and_folders_are_left_out_and_listed(make_provider, tmp
     )
     assert "FAILED" not in run.stderr, run.stderr
     assert "could not be read" in run.stderr and "locked.txt" in run.stderr, run.stderr
+    assert run.returncode == 3, run.stderr  # available, but incomplete
     cp_id = run.stdout.strip().splitlines()[-1]
 
     provider = make_provider()
@@ -251,6 +254,84 @@ def test_unreadable_files_and_folders_are_left_out_and_listed(make_provider, tmp
         "sub/deep.txt": files_of(src / "sub")["deep.txt"],
     }
     assert not (out / "closed").exists()
+
+
+def test_cli_protect_with_an_unreadable_file_exits_3_and_says_so(tmp_path, capsys):
+    prefix = _without_dac_override(tmp_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.txt").write_text("readable\n")
+    (src / "sub" / "deep.bin").write_bytes(os.urandom(50_000))
+    (src / "secret-name.txt").write_text("secret\n")
+    (src / "secret-name.txt").chmod(0)
+    conf = tmp_path / "providers.d"
+    conf.mkdir()
+    (conf / "p.conf").write_text(
+        "[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\nfsync = false\n"
+    )
+    env = {**os.environ, "TUTELA_PROVIDER_CONFIG_DIR": str(conf)}
+    res = f"{DIR}={src}"
+
+    def protect(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "tutela", "protect", "-q", *extra, "--resource", res],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    run = protect()
+    assert run.returncode == 3, run.stderr
+    cp_id = run.stdout.strip()
+    assert len(cp_id) == 36, run.stdout  # the id alone on stdout, as after a clean protect
+    message = f"{DIR}#{src}: 1 file or folder unreadable (left out)"
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"tutela: checkpoint {cp_id} is incomplete: {message}"
+    )
+    # --json: the summary on stdout holds the warning; the status is 3 all the same.
+    again = protect("--json")
+    assert again.returncode == 3, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["status"] == "available"
+    assert [(w["message"], w["counts"]) for w in summary["warnings"]] == [
+        ("1 file or folder unreadable (left out)", {"unreadable": 1})
+    ]
+
+    # Read back from the bank: `checkpoints show`, text and JSON.
+    cli = ["--config-dir", str(conf)]
+    assert main(["checkpoints", "show", cp_id, *cli]) == 0
+    text = capsys.readouterr().out
+    assert "  status:   available  (incomplete: see the warnings)" in text
+    assert f"  warning:  {message}" in text
+    assert "      warning: 1 file or folder unreadable (left out)" in text
+    assert main(["checkpoints", "show", cp_id, "--json", *cli]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [w["counts"] for w in data["warnings"]] == [{"unreadable": 1}]
+    assert [r["warnings"] for r in data["resources"]] == [
+        [{"message": "1 file or folder unreadable (left out)", "counts": {"unreadable": 1}}]
+    ]
+    # Only counts in the clear: the name is in the encrypted details, not in the index.
+    index = (tmp_path / "bank" / "objects" / "checkpoints" / cp_id / "index.json").read_bytes()
+    assert b"warnings" in index and b"secret-name" not in index
+
+    # What could be read restores.
+    out = tmp_path / "out"
+    assert main(["restore", cp_id, "-q", *cli, "--parameters", str(_params(tmp_path, out))]) == 0
+    capsys.readouterr()
+    assert files_of(out) == {
+        "ok.txt": hashlib.sha256(b"readable\n").hexdigest(),
+        "sub/deep.bin": files_of(src / "sub")["deep.bin"],
+    }
+    assert not (out / "secret-name.txt").exists()
+
+
+def _params(tmp_path: Path, target: Path) -> Path:
+    path = tmp_path / "restore.json"
+    path.write_text(json.dumps({DIR: {"target": str(target)}}))
+    return path
 
 
 def test_other_read_errors_still_fail_the_protect(make_provider, tmp_path, monkeypatch):
