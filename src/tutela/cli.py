@@ -698,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="include deleted checkpoints")
     s.set_defaults(func=cmd_checkpoints_list, usage_parser=s)
     s = csub.add_parser(
-        "show", parents=[common], help="one checkpoint: resources, status, saved info, errors"
+        "show",
+        parents=[common],
+        help="one checkpoint: resources, status, saved info, errors, warnings",
     )
     s.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     s.add_argument("--provider", metavar="ID|NAME", help=provider_help)
