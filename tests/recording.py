@@ -67,6 +67,8 @@ def _make_hook(name: str):
                     fh.write(os.environ.get("TUTELA_TEST_WORKER", "local") + "\n")
             if parameters.get("report_bytes"):
                 context.report_bytes(parameters["report_bytes"])
+            if parameters.get("warn"):  # the resource is protected incompletely
+                context.warn(resource, parameters["warn"], parameters.get("warn_counts"))
             if parameters.get("sleep") and (first_attempt or not parameters.get("once")):
                 time.sleep(parameters["sleep"])
         if name == "on_main" and context.operation == "protect":

@@ -99,6 +99,57 @@ def test_failed_protect_exits_1_and_checkpoint_is_error(setup, tmp_path, capsys)
     assert "field 'exclude'" in capsys.readouterr().err
 
 
+def test_a_clean_protect_exits_0_without_warnings(setup):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tutela", "protect", "-q", "--resource", f"{DIR}={setup}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "incomplete" not in proc.stderr
+    cp_id = proc.stdout.strip()
+    show = subprocess.run(
+        [sys.executable, "-m", "tutela", "checkpoints", "show", cp_id, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(show.stdout)
+    assert data["status"] == "available" and data["warnings"] == []
+    assert [r["warnings"] for r in data["resources"]] == [[]]
+
+
+def test_a_protect_that_left_a_file_out_exits_3(setup, tmp_path, capsys, monkeypatch):
+    """A file deleted between the listing and the read: the checkpoint is available, the
+    id printed as usual, and the exit status 3 says it is incomplete."""
+    from tutela.plugins import directory
+
+    real_walk = directory._walk
+
+    def walk_then_delete(root, exclude):
+        for rel, st in real_walk(root, exclude):
+            if rel == "a.txt":
+                os.unlink(os.path.join(root, rel))
+            yield rel, st
+
+    monkeypatch.setattr(directory, "_walk", walk_then_delete)
+    assert main(["protect", "-q", "--resource", f"{DIR}={setup}"]) == 3
+    out, err = capsys.readouterr()
+    cp_id = out.strip()
+    assert err.strip().splitlines()[-1] == (
+        f"tutela: checkpoint {cp_id} is incomplete: "
+        f"{DIR}#{setup}: 1 file deleted while read (left out)"
+    )
+    (setup / "c.txt").write_text("new\n")  # the next one reads it, and leaves nothing out
+    monkeypatch.setattr(directory, "_walk", real_walk)
+    code, summary = run_json(capsys, "protect", "-q", "--resource", f"{DIR}={setup}")
+    assert code == 0 and "warnings" not in summary
+    assert main(["checkpoints", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "available (incomplete)" in listed and listed.count("(incomplete)") == 1
+
+
 def test_console_script_runs(setup):
     proc = subprocess.run(
         [sys.executable, "-m", "tutela", "providers"], capture_output=True, text=True, check=False
@@ -394,6 +445,7 @@ def test_checkpoints_show_reads_back_the_encrypted_name_lists(setup, capsys):
     _, data = run_json(capsys, "checkpoints", "show", cp["id"])
     [info] = [r["saved_info"] for r in data["resources"] if r["resource"]["type"] == DIR]
     assert info["skipped_count"] == 1 and info["skipped"] == ["a pipe"]
+    assert data["warnings"] == []  # left out by design: not an incomplete checkpoint
     assert main(["checkpoints", "show", cp["id"]]) == 0
     assert "      skipped: 1 (a pipe)" in capsys.readouterr().out
 

@@ -214,3 +214,21 @@ def test_bytes_moved_reach_the_cli_while_the_hook_runs(cluster, scenario, tmp_pa
     assert sum(n for _, n in progress.bytes) == 12345
     first = progress.bytes[0][0]
     assert first < progress.finished_at[("slow", "on_main")] - 1.0  # live, not at the end
+
+
+def test_a_warning_made_on_a_worker_reaches_the_checkpoint(cluster, scenario, tmp_path):
+    # No host pinned: an earlier test may have killed any one worker of the module's cluster.
+    scenario.reset({"p": ["a"]})
+    provider = provider_for(cluster, tmp_path)
+    params = {f"{TYPE}#a": {"warn": "3 files left out", "warn_counts": {"files": 3}}}
+    cp = provider.protect([Resource(TYPE, "p")], params)
+    assert cp.status == "available"
+    [warning] = provider.checkpoints.get(cp.id).warnings
+    assert warning["resource"]["id"] == "a"
+    assert (warning["message"], warning["counts"]) == ("3 files left out", {"files": 3})
+    records = cp.resource_records()
+    assert records[f"{TYPE}#a"]["saved_info"]["worker"] != "local"  # ran on a worker
+    assert records[f"{TYPE}#a"]["warnings"] == [
+        {"message": "3 files left out", "counts": {"files": 3}}
+    ]
+    assert "warnings" not in records[f"{TYPE}#p"]

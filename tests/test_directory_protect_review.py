@@ -5,8 +5,10 @@ being read, and name lists kept out of the bank's clear-text metadata."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tutela import OperationFailed, Resource
+from tutela.cli import main
 from tutela.operations import Progress
 from tutela.plugins import directory
 from tutela.plugins.directory import DirectoryProtectionPlugin, read_details, read_manifest
@@ -223,6 +226,7 @@ def test_unreadable_files_and_folders_are_left_out_and_listed(make_provider, tmp
     )
     assert "FAILED" not in run.stderr, run.stderr
     assert "could not be read" in run.stderr and "locked.txt" in run.stderr, run.stderr
+    assert run.returncode == 3, run.stderr  # available, but incomplete
     cp_id = run.stdout.strip().splitlines()[-1]
 
     provider = make_provider()
@@ -250,6 +254,84 @@ def test_unreadable_files_and_folders_are_left_out_and_listed(make_provider, tmp
         "sub/deep.txt": files_of(src / "sub")["deep.txt"],
     }
     assert not (out / "closed").exists()
+
+
+def test_cli_protect_with_an_unreadable_file_exits_3_and_says_so(tmp_path, capsys):
+    prefix = _without_dac_override(tmp_path)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.txt").write_text("readable\n")
+    (src / "sub" / "deep.bin").write_bytes(os.urandom(50_000))
+    (src / "secret-name.txt").write_text("secret\n")
+    (src / "secret-name.txt").chmod(0)
+    conf = tmp_path / "providers.d"
+    conf.mkdir()
+    (conf / "p.conf").write_text(
+        "[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\nfsync = false\n"
+    )
+    env = {**os.environ, "TUTELA_PROVIDER_CONFIG_DIR": str(conf)}
+    res = f"{DIR}={src}"
+
+    def protect(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "tutela", "protect", "-q", *extra, "--resource", res],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    run = protect()
+    assert run.returncode == 3, run.stderr
+    cp_id = run.stdout.strip()
+    assert len(cp_id) == 36, run.stdout  # the id alone on stdout, as after a clean protect
+    message = f"{DIR}#{src}: 1 file or folder unreadable (left out)"
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"tutela: checkpoint {cp_id} is incomplete: {message}"
+    )
+    # --json: the summary on stdout holds the warning; the status is 3 all the same.
+    again = protect("--json")
+    assert again.returncode == 3, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["status"] == "available"
+    assert [(w["message"], w["counts"]) for w in summary["warnings"]] == [
+        ("1 file or folder unreadable (left out)", {"unreadable": 1})
+    ]
+
+    # Read back from the bank: `checkpoints show`, text and JSON.
+    cli = ["--config-dir", str(conf)]
+    assert main(["checkpoints", "show", cp_id, *cli]) == 0
+    text = capsys.readouterr().out
+    assert "  status:   available  (incomplete: see the warnings)" in text
+    assert f"  warning:  {message}" in text
+    assert "      warning: 1 file or folder unreadable (left out)" in text
+    assert main(["checkpoints", "show", cp_id, "--json", *cli]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [w["counts"] for w in data["warnings"]] == [{"unreadable": 1}]
+    assert [r["warnings"] for r in data["resources"]] == [
+        [{"message": "1 file or folder unreadable (left out)", "counts": {"unreadable": 1}}]
+    ]
+    # Only counts in the clear: the name is in the encrypted details, not in the index.
+    index = (tmp_path / "bank" / "objects" / "checkpoints" / cp_id / "index.json").read_bytes()
+    assert b"warnings" in index and b"secret-name" not in index
+
+    # What could be read restores.
+    out = tmp_path / "out"
+    assert main(["restore", cp_id, "-q", *cli, "--parameters", str(_params(tmp_path, out))]) == 0
+    capsys.readouterr()
+    assert files_of(out) == {
+        "ok.txt": hashlib.sha256(b"readable\n").hexdigest(),
+        "sub/deep.bin": files_of(src / "sub")["deep.bin"],
+    }
+    assert not (out / "secret-name.txt").exists()
+
+
+def _params(tmp_path: Path, target: Path) -> Path:
+    path = tmp_path / "restore.json"
+    path.write_text(json.dumps({DIR: {"target": str(target)}}))
+    return path
 
 
 def test_other_read_errors_still_fail_the_protect(make_provider, tmp_path, monkeypatch):
@@ -323,6 +405,14 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
     for key in ("skipped", "vanished", "changed_while_read", "unreadable", "unreadable_count"):
         assert key not in info
     assert section_of(cp, src).get_json("metadata") == info
+    # Left out and changed: the checkpoint is incomplete; the FIFO (skipped) is not counted.
+    assert cp.status == "available"
+    assert [(w["resource"]["id"], w["counts"]) for w in cp.warnings] == [
+        (str(src), {"vanished": 1, "changed_while_read": 1})
+    ]
+    assert cp.warnings[0]["message"] == (
+        "1 file deleted while read (left out), 1 file changed while read (saved, maybe inconsistent)"
+    )
     assert details_of(provider, cp, src) == {
         "skipped": ["fifo-wvqzk"],
         "changed_while_read": ["busy-zkjwq.log"],
@@ -352,3 +442,34 @@ def test_a_clean_tree_has_no_details_object(make_provider, tmp_path):
     info = info_of(cp, src)
     assert not [k for k in info if k.endswith("_count")]
     assert read_details(section_of(cp, src), provider.content_store()) == {}
+    assert cp.warnings == []
+
+
+def test_fifos_and_sockets_alone_make_no_warning(make_provider, tmp_path):
+    """They hold no data to read: left out by design, counted as `skipped`, not a reason to
+    call every protect of the tree incomplete."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f\n")
+    os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(src / "sock"))
+        provider = make_provider()
+        cp = provider.protect([Resource(DIR, str(src))])
+    finally:
+        sock.close()
+    assert info_of(cp, src)["skipped_count"] == 2
+    assert cp.status == "available" and cp.warnings == []
+
+
+def test_incomplete_message_says_how_many_never_which():
+    assert directory.incomplete_message({"unreadable": 1}) == (
+        "1 file or folder unreadable (left out)"
+    )
+    assert directory.incomplete_message({"unreadable": 2, "vanished": 3}) == (
+        "2 files or folders unreadable (left out), 3 files deleted while read (left out)"
+    )
+    assert directory.incomplete_message({"changed_while_read": 2}) == (
+        "2 files changed while read (saved, maybe inconsistent)"
+    )

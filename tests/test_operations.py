@@ -227,3 +227,91 @@ def test_hook_with_wrong_signature_is_refused_at_flow_build(tmp_path):
     with pytest.raises(PluginError) as info:
         implemented_hooks(Bad())
     assert "on_main" in str(info.value) and "checkpoint" in str(info.value)
+
+
+# -- warnings: a resource protected incompletely ------------------------------------------
+def test_a_warning_is_recorded_and_the_checkpoint_stays_available(scenario, make_provider):
+    scenario.reset({"p": ["a", "b"]})
+    provider = make_provider()
+    params = {f"{TYPE}#a": {"warn": "2 rows\nskipped", "warn_counts": {"rows": 2}}}
+    cp = provider.protect([R("p")], params)
+    assert cp.status == "available"
+    expected = {"resource": {"type": TYPE, "id": "a"}, "message": "2 rows skipped"}
+    assert cp.warnings == [{**expected, "counts": {"rows": 2}}]
+    assert cp.summary()["warnings"] == cp.warnings
+    # Read back from the bank by another provider object: the index and the record keep it.
+    again = make_provider().checkpoints.get(cp.id)
+    assert again.status == "available" and again.warnings == cp.warnings
+    records = again.resource_records()
+    assert records[f"{TYPE}#a"]["warnings"] == [
+        {"message": "2 rows skipped", "counts": {"rows": 2}}
+    ]
+    assert "warnings" not in records[f"{TYPE}#b"]
+    assert "warnings" not in records[f"{TYPE}#p"]
+
+
+def test_a_clean_protect_has_no_warnings(scenario, make_provider):
+    scenario.reset({"p": ["a"]})
+    provider = make_provider()
+    cp = provider.protect([R("p")])
+    assert cp.warnings == [] and "warnings" not in cp.summary()
+    assert "warnings" not in provider.checkpoints.get(cp.id).index
+
+
+def test_a_failed_protect_keeps_its_warnings(scenario, make_provider):
+    scenario.reset({"p": ["a", "b"]})
+    scenario.fail.add(("p", COMPLETE))
+    provider = make_provider(executor="serial")
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([R("p")], {f"{TYPE}#a": {"warn": "left out"}})
+    cp = provider.checkpoints.get(info.value.record_id)
+    assert cp.status == "error"
+    assert [w["message"] for w in cp.warnings] == ["left out"]
+
+
+@pytest.mark.parametrize(
+    ("warn", "counts", "why"),
+    [
+        ("   \n", None, "non-empty string"),
+        ("x", {"files": -1}, "integers >= 0"),
+        ("x", {"files": 1.5}, "integers >= 0"),
+        ("x", {"files": True}, "integers >= 0"),
+        ("x", [1], "must be a dict"),
+    ],
+)
+def test_a_malformed_warning_fails_the_hook_that_made_it(
+    scenario, make_provider, warn, counts, why
+):
+    scenario.reset({"a": []})
+    provider = make_provider(executor="serial")
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([R("a")], {TYPE: {"warn": warn, "warn_counts": counts}})
+    assert "Test::Node#a on_main" in str(info.value) and why in str(info.value)
+
+
+def test_make_warning_keeps_one_short_line():
+    from tutela.operations import WARNING_MESSAGE_MAX, make_warning
+
+    w = make_warning(R("a"), "  three\tfiles\n left  out ", {"files": 3})
+    assert w == {
+        "resource": {"type": TYPE, "id": "a"},
+        "message": "three files left out",
+        "counts": {"files": 3},
+    }
+    long = make_warning(R("a"), "x" * 1000)
+    assert len(long["message"]) == WARNING_MESSAGE_MAX and long["message"].endswith("...")
+    assert "counts" not in make_warning(R("a"), "m", {})
+    with pytest.raises(TypeError):
+        make_warning("Test::Node#a", "m")  # type: ignore[arg-type]
+
+
+def test_restore_warnings_go_to_the_restore_record_not_the_checkpoint(scenario, make_provider):
+    scenario.reset({"a": []})
+    provider = make_provider()
+    cp = provider.protect([R("a")])
+    record = provider.restore(cp.id, {TYPE: {"warn": "1 row not restored"}})
+    assert record.status == "success"
+    assert [w["message"] for w in provider.checkpoints.get_restore(record.id).warnings] == [
+        "1 row not restored"
+    ]
+    assert provider.checkpoints.get(cp.id).warnings == []

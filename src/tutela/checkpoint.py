@@ -2,8 +2,9 @@
 
 Key tree:
     catalog/<checkpoint id>                   {"provider_id", "created_at"}  (listing)
-    checkpoints/<id>/index.json               id, provider, status, graph, parameters, ...
-    checkpoints/<id>/records/<seq>.json       per-resource status, saved info, error, hook times
+    checkpoints/<id>/index.json               id, provider, status, graph, parameters, warnings
+    checkpoints/<id>/records/<seq>.json       per-resource status, saved info, error, warnings,
+                                              hook times
     checkpoints/<id>/data/<rkey>/...          the plugin's own section for one resource
     restores/<restore id>/index.json          a restore: status, parameters, errors
     restores/<restore id>/records/<seq>.json  per-resource restore status
@@ -141,6 +142,12 @@ class _Record:
     def provider_id(self) -> str:
         return self.index["provider_id"]
 
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """What the plugins reported as left out (`context.warn`): an `available` checkpoint
+        with warnings is incomplete."""
+        return self.index.get("warnings") or []
+
     def _write_index(self) -> None:
         self.section.put_json("index.json", self.index)
 
@@ -190,7 +197,16 @@ class Checkpoint(_Record):
         return self.bank.get_section(f"checkpoints/{self.id}/data")
 
     def summary(self) -> dict[str, Any]:
-        keys = ("id", "provider_id", "status", "created_at", "updated_at", "owner_id", "error")
+        keys = (
+            "id",
+            "provider_id",
+            "status",
+            "created_at",
+            "updated_at",
+            "owner_id",
+            "error",
+            "warnings",
+        )
         out = {k: self.index.get(k) for k in keys if k in self.index}
         out["resources"] = len(self.index.get("graph", {}).get("nodes", []))
         out["roots"] = [

@@ -1,7 +1,8 @@
 """The `tutela` command: argument parsing and one function per command; the work is done by
 the provider.  Every command takes `--json`; exit status is 0 on success, 1 when an operation
-or lookup fails, 2 for usage errors, 141 (128 + SIGPIPE) when the reader of the output went
-away (`tutela ... | head -1`)."""
+or lookup fails, 2 for usage errors, 3 when `protect` made an available checkpoint that a plugin
+reported incomplete (data left out, as restic's 3), 141 (128 + SIGPIPE) when the reader of the
+output went away (`tutela ... | head -1`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class UsageError(CLIError):
 #: Exit status when stdout is a pipe whose reader has gone, as a shell reports a process
 #: killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+#: Exit status of a protect whose checkpoint is available but has warnings (some data was left
+#: out): scripts and monitoring must notice, as with restic's "some files could not be read".
+EXIT_INCOMPLETE = 3
+#: The one-line incomplete message names this many warnings.
+WARNINGS_SHOWN = 3
 
 
 def _registry(args) -> ProviderRegistry:
@@ -307,7 +313,28 @@ def cmd_protect(args) -> int:
         print_json(checkpoint.summary())
     else:
         print(checkpoint.id)
+    if checkpoint.warnings:
+        print(
+            f"tutela: checkpoint {checkpoint.id} is incomplete: "
+            f"{warnings_text(checkpoint.warnings)}",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
+
+
+def warning_text(warning: dict) -> str:
+    """One warning as `TYPE#ID: message`."""
+    res = warning.get("resource") or {}
+    return f"{res.get('type')}#{shown(str(res.get('id')))}: {shown(warning.get('message', ''))}"
+
+
+def warnings_text(warnings: list[dict]) -> str:
+    """Warnings on one line, the first few of them."""
+    text = "; ".join(warning_text(w) for w in warnings[:WARNINGS_SHOWN])
+    if len(warnings) > WARNINGS_SHOWN:
+        text += f"; and {len(warnings) - WARNINGS_SHOWN} more (tutela checkpoints show)"
+    return text
 
 
 def _failed(args, exc: OperationFailed) -> int:
@@ -339,7 +366,9 @@ def cmd_checkpoints_list(args) -> int:
             [
                 s["id"],
                 s["provider_id"],
-                s["status"] + (" (stale)" if s["stale"] else ""),
+                s["status"]
+                + (" (stale)" if s["stale"] else "")
+                + (" (incomplete)" if s.get("warnings") and s["status"] == "available" else ""),
                 s["created_at"],
                 ", ".join(f"{r['type']}={shown(r['id'])}" for r in s["roots"]),
             ]
@@ -374,6 +403,7 @@ def cmd_checkpoints_show(args) -> int:
     data["stale"] = provider.is_stale(cp)
     data["parameters"] = cp.index.get("parameters", {})
     data["errors"] = cp.index.get("errors", [])
+    data["warnings"] = cp.warnings
     data["resources"] = []
     graph = cp.graph()
     for i, r in enumerate(graph.nodes):
@@ -385,6 +415,7 @@ def cmd_checkpoints_show(args) -> int:
                 "status": rec.get("status", "not run"),
                 "saved_info": _with_details(provider, cp, r, rec.get("saved_info")),
                 "error": rec.get("error"),
+                "warnings": rec.get("warnings", []),
                 "hooks": rec.get("hooks", {}),
             }
         )
@@ -394,7 +425,13 @@ def cmd_checkpoints_show(args) -> int:
     print(f"checkpoint {data['id']}")
     print(f"  provider: {data['provider_id']}")
     print(
-        f"  status:   {data['status']}" + ("  (stale: its owner is gone)" if data["stale"] else "")
+        f"  status:   {data['status']}"
+        + ("  (stale: its owner is gone)" if data["stale"] else "")
+        + (
+            "  (incomplete: see the warnings)"
+            if data["warnings"] and data["status"] == "available"
+            else ""
+        )
     )
     print(f"  created:  {data['created_at']}")
     for err in data["errors"]:
@@ -404,12 +441,16 @@ def cmd_checkpoints_show(args) -> int:
             else ""
         )
         print(f"  error:    {where}{err['message']}")
+    for warning in data["warnings"]:
+        print(f"  warning:  {warning_text(warning)}")
     print("  resources:")
     for res in data["resources"]:
         r = res["resource"]
         print(f"    {r['type']} {shown(r['id'])}: {res['status']}")
         if res["error"]:
             print(f"      error: {res['error']['hook']}: {res['error']['message']}")
+        for warning in res["warnings"]:
+            print(f"      warning: {shown(warning['message'])}")
         info = res["saved_info"]
         if isinstance(info, dict):
             for line in saved_info_lines(info):
@@ -659,7 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="include deleted checkpoints")
     s.set_defaults(func=cmd_checkpoints_list, usage_parser=s)
     s = csub.add_parser(
-        "show", parents=[common], help="one checkpoint: resources, status, saved info, errors"
+        "show",
+        parents=[common],
+        help="one checkpoint: resources, status, saved info, errors, warnings",
     )
     s.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
     s.add_argument("--provider", metavar="ID|NAME", help=provider_help)

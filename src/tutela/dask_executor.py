@@ -4,7 +4,8 @@ The engine keeps ordering, priorities and failure handling on the CLI's side; on
 hook calls cross the wire, *by value*: the provider's configuration (sealed, so secrets never
 show in Dask's task reprs or dashboard), the checkpoint id, the resource, the hook and its
 parameters.  A worker rebuilds the provider from that configuration, reconnects to the bank
-and runs the hook; results, bytes moved and new resources of a restore come back with it.
+and runs the hook; results, bytes moved, warnings and new resources of a restore come back
+with it.
 
 Placement: a resource whose `extra_info` names a `host` runs on a worker of that host (a worker
 whose `--name` is the host, or which runs on a machine of that hostname); a resource whose host
@@ -421,5 +422,9 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
             for k, v in context.new_resources.items()
             if before.get(k) is not v
         }
-        out.append((node, t0, t1, error, {"bytes": counter.take(), "new": new, "worker": worker}))
+        extra = {"bytes": counter.take(), "new": new, "worker": worker}
+        warnings = context.take_warnings()
+        if warnings:
+            extra["warnings"] = warnings
+        out.append((node, t0, t1, error, extra))
     return out

@@ -68,8 +68,38 @@ class Progress:
     def finished(self, status: str) -> None: ...
 
 
+#: A warning's message is one line of at most this many characters (it is stored in the clear).
+WARNING_MESSAGE_MAX = 300
+
+
+def make_warning(
+    resource: Resource, message: str, counts: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """A warning as recorded: `{"resource", "message", "counts"}`.  Checked here, so that a
+    plugin's mistake fails its hook (naming it) rather than the final status write."""
+    if not isinstance(resource, Resource):
+        raise TypeError(f"warn: resource must be a Resource, not {type(resource).__name__}")
+    if not isinstance(message, str) or not message.strip():
+        raise ValueError("warn: message must be a non-empty string")
+    text = " ".join(message.split())  # one line: it ends up on one line of stderr
+    if len(text) > WARNING_MESSAGE_MAX:
+        text = text[: WARNING_MESSAGE_MAX - 3] + "..."
+    warning: dict[str, Any] = {"resource": resource.to_dict(), "message": text}
+    if counts:
+        if not isinstance(counts, dict):
+            raise TypeError(f"warn: counts must be a dict, not {type(counts).__name__}")
+        for key, value in counts.items():
+            if not isinstance(key, str) or type(value) is not int or value < 0:
+                raise ValueError(
+                    f"warn: counts maps names to integers >= 0, not {key!r}: {value!r}"
+                )
+        warning["counts"] = dict(counts)
+    return warning
+
+
 class OperationContext:
-    """The `context` handed to hooks: who is running what, and a way to report progress."""
+    """The `context` handed to hooks: who is running what, and a way to report progress
+    and incomplete work."""
 
     def __init__(self, provider: Provider, kind: str, record_id: str, progress: Progress):
         self.provider = provider
@@ -81,6 +111,8 @@ class OperationContext:
         #: Restore: old resource key ("TYPE#ID") -> the new resource created for it, so a
         #: parent's complete hook can find what its children became.
         self.new_resources: dict[str, Any] = {}
+        #: Resource key -> the warnings its hooks reported (see `warn`).
+        self.warnings: dict[str, list[dict[str, Any]]] = {}
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
         self._previous: list[Checkpoint] | None = None
@@ -110,6 +142,32 @@ class OperationContext:
 
     def report_bytes(self, count: int) -> None:
         self.progress.bytes_moved(count)
+
+    def warn(self, resource: Resource, message: str, counts: dict[str, int] | None = None) -> None:
+        """Report that `resource` was protected incompletely (e.g. files left out) while the
+        operation still succeeds: the warning is kept in the resource's record and in the
+        checkpoint, `checkpoints show` lists it, and `tutela protect` exits 3.  The message
+        is one line kept in the clear: say how many, never which (no file names, no data);
+        `counts` are integers by name (`{"unreadable": 2}`)."""
+        self.add_warnings([make_warning(resource, message, counts)])
+
+    def add_warnings(self, warnings: list[dict[str, Any]]) -> None:
+        """Keep warnings made by `make_warning` (here, or by a hook in another process)."""
+        with self._lock:
+            for w in warnings:
+                key = f"{w['resource']['type']}#{w['resource']['id']}"
+                self.warnings.setdefault(key, []).append(w)
+
+    def take_warnings(self) -> list[dict[str, Any]]:
+        """The warnings kept so far, forgotten here (a worker sends them with its results)."""
+        with self._lock:
+            taken = [w for ws in self.warnings.values() for w in ws]
+            self.warnings = {}
+        return taken
+
+    def all_warnings(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [w for ws in self.warnings.values() for w in ws]
 
     def set_new_resource(self, old: Resource, new: Any) -> None:
         with self._lock:
@@ -300,6 +358,8 @@ class OperationRun:
             if isinstance(value, dict) and "type" in value and "id" in value:
                 value = Resource.from_dict(value)
             self.context.new_resources[key] = value
+        if extra.get("warnings"):
+            self.context.add_warnings(extra["warnings"])
 
     def is_idempotent(self, node: int) -> bool:
         op = self.flow.operations[node >> 2]
@@ -344,6 +404,9 @@ class OperationRun:
                     hooks[HOOKS[h]] = [round(started[base | h], 6), round(finished[base | h], 6)]
         if hooks:
             record["hooks"] = hooks
+        warnings = self.context.warnings.get(resource.key)
+        if warnings:
+            record["warnings"] = [{k: v for k, v in w.items() if k != "resource"} for w in warnings]
         if error is None:
             record["status"] = self.spec.resource_ok
             if self.flow.kind == "protect" and self.flow.mask[index]:
@@ -407,8 +470,16 @@ class OperationRun:
                 self.record.set_status(self.spec.error_status, error={"message": message})
                 self.progress.finished(self.spec.error_status)
                 raise OperationFailed(f"{flow.kind} {self.record.id}: {message}", self.record.id)
-            self.record.set_status(self.spec.ok_status)
+            self.record.set_status(self.spec.ok_status, **self._warning_fields())
             self.progress.finished(self.spec.ok_status)
+
+    def _warning_fields(self) -> dict[str, Any]:
+        """`warnings` for the final status of a protect or restore.  A delete keeps them out of
+        the checkpoint's index: those there are its protect's."""
+        warnings = self.context.all_warnings()
+        if not warnings or self.flow.kind == "delete":
+            return {}
+        return {"warnings": warnings}
 
     def _persist(self, write: Callable[[], None]) -> None:
         """Write a status or records after a failure, which is often the bank's own: retry
@@ -475,7 +546,10 @@ class OperationRun:
         try:
             self._persist(
                 lambda: self.record.set_status(
-                    self.spec.error_status, errors=errors, error=errors[0] if errors else None
+                    self.spec.error_status,
+                    errors=errors,
+                    error=errors[0] if errors else None,
+                    **self._warning_fields(),
                 )
             )
         except BankError as exc:

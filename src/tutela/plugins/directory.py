@@ -8,6 +8,8 @@ forever: a file whose path, size, mtime and inode match the previous available c
 same resource is not read again; its chunk list is taken over.  A file that changes while it is
 read is read once more and, if it changes again, recorded as `changed_while_read`.  The
 names of a hard-linked file are read once: later names carry `link`, the first one's path.
+Files left out (unreadable, deleted while read) or saved mid-change make the protect report a
+warning (`context.warn`, counts only): the checkpoint is available but incomplete.
 
 Restore writes the tree (or only `paths` inside it) to its original path or to a `target`,
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
@@ -526,6 +528,15 @@ class ProtectDirectory(Operation):
                 + ", ".join(changed[:5])
             )
         section.put_json("metadata", info)
+        incomplete = {
+            "unreadable": len(unreadable),
+            "vanished": len(gone),
+            "changed_while_read": len(changed),
+        }
+        if any(incomplete.values()):
+            context.warn(
+                resource, incomplete_message(incomplete), {k: n for k, n in incomplete.items() if n}
+            )
 
     @classmethod
     def _link_names(
@@ -637,6 +648,27 @@ class ProtectDirectory(Operation):
                 entry["changed_while_read"] = True
                 changed.append(entry["path"])
         return changed, vanished, denied
+
+
+def incomplete_message(counts: dict[str, int]) -> str:
+    """The warning of a protect that left files out or saved them mid-change: counts only,
+    since it is kept in the clear.  FIFOs, sockets and devices (`skipped`) are not in it: they
+    hold no data to read, and a tree that has one would otherwise never protect cleanly."""
+
+    def files(n: int, folders: bool = False) -> str:
+        noun = ("file or folder", "files or folders") if folders else ("file", "files")
+        return f"{n} {noun[n != 1]}"
+
+    parts = []
+    if counts.get("unreadable"):
+        parts.append(f"{files(counts['unreadable'], True)} unreadable (left out)")
+    if counts.get("vanished"):
+        parts.append(f"{files(counts['vanished'])} deleted while read (left out)")
+    if counts.get("changed_while_read"):
+        parts.append(
+            f"{files(counts['changed_while_read'])} changed while read (saved, maybe inconsistent)"
+        )
+    return ", ".join(parts)
 
 
 def _safe_rel(rel: str) -> str:
