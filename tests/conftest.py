@@ -60,6 +60,26 @@ def make_provider(tmp_path):
 
 
 @pytest.fixture
+def delete_after_listing(monkeypatch):
+    """`delete_after_listing(rel)`: the directory walk deletes `rel` right after listing it,
+    so the file is gone before it is read; `delete_after_listing(None)` undoes it."""
+    from tutela.plugins import directory
+
+    real_walk = directory._walk
+
+    def arm(victim: str | None) -> None:
+        def walk_then_delete(root, exclude):
+            for rel, st in real_walk(root, exclude):
+                if rel == victim:
+                    os.unlink(os.path.join(root, rel))  # listed, and gone before it is read
+                yield rel, st
+
+        monkeypatch.setattr(directory, "_walk", real_walk if victim is None else walk_then_delete)
+
+    return arm
+
+
+@pytest.fixture
 def env_config_dir(tmp_path, monkeypatch):
     folder = tmp_path / "providers.d"
     folder.mkdir()

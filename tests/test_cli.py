@@ -120,20 +120,10 @@ def test_a_clean_protect_exits_0_without_warnings(setup):
     assert [r["warnings"] for r in data["resources"]] == [[]]
 
 
-def test_a_protect_that_left_a_file_out_exits_3(setup, tmp_path, capsys, monkeypatch):
+def test_a_protect_that_left_a_file_out_exits_3(setup, tmp_path, capsys, delete_after_listing):
     """A file deleted between the listing and the read: the checkpoint is available, the
     id printed as usual, and the exit status 3 says it is incomplete."""
-    from tutela.plugins import directory
-
-    real_walk = directory._walk
-
-    def walk_then_delete(root, exclude):
-        for rel, st in real_walk(root, exclude):
-            if rel == "a.txt":
-                os.unlink(os.path.join(root, rel))
-            yield rel, st
-
-    monkeypatch.setattr(directory, "_walk", walk_then_delete)
+    delete_after_listing("a.txt")
     assert main(["protect", "-q", "--resource", f"{DIR}={setup}"]) == 3
     out, err = capsys.readouterr()
     cp_id = out.strip()
@@ -142,7 +132,7 @@ def test_a_protect_that_left_a_file_out_exits_3(setup, tmp_path, capsys, monkeyp
         f"{DIR}#{setup}: 1 file deleted while read (left out)"
     )
     (setup / "c.txt").write_text("new\n")  # the next one reads it, and leaves nothing out
-    monkeypatch.setattr(directory, "_walk", real_walk)
+    delete_after_listing(None)
     code, summary = run_json(capsys, "protect", "-q", "--resource", f"{DIR}={setup}")
     assert code == 0 and "warnings" not in summary
     assert main(["checkpoints", "list"]) == 0

@@ -140,20 +140,10 @@ def test_a_manifest_without_link_restores_separate_files(make_provider, tmp_path
 
 
 def test_first_name_deleted_after_the_walk_leaves_the_others_read(
-    make_provider, tmp_path, monkeypatch
+    make_provider, tmp_path, delete_after_listing
 ):
     src = linked_tree(tmp_path / "src")
-    from tutela.plugins import directory
-
-    real_walk = directory._walk
-
-    def walk_then_delete(root, exclude):
-        for rel, st in real_walk(root, exclude):
-            if rel == "a":
-                os.unlink(os.path.join(root, rel))  # listed, and gone before it is read
-            yield rel, st
-
-    monkeypatch.setattr(directory, "_walk", walk_then_delete)
+    delete_after_listing("a")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     info = info_of(cp, src)

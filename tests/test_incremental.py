@@ -128,20 +128,12 @@ def test_file_changing_while_read_is_reported(make_provider, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("size", [10_000, 700_000])  # read on the store's workers / streamed
-def test_file_deleted_after_the_walk_is_left_out(make_provider, tmp_path, monkeypatch, size):
+def test_file_deleted_after_the_walk_is_left_out(
+    make_provider, tmp_path, delete_after_listing, size
+):
     src = tree(tmp_path / "src", n=3)
     (src / "a" / "victim.bin").write_bytes(os.urandom(size))
-    from tutela.plugins import directory
-
-    real_walk = directory._walk
-
-    def walk_then_delete(root, exclude):
-        for rel, st in real_walk(root, exclude):
-            if rel == "a/victim.bin":
-                os.unlink(os.path.join(root, rel))  # listed, and gone before it is read
-            yield rel, st
-
-    monkeypatch.setattr(directory, "_walk", walk_then_delete)
+    delete_after_listing("a/victim.bin")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     info = info_of(cp, src)
