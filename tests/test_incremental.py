@@ -171,7 +171,9 @@ def test_verify_catches_a_flipped_bit(make_provider, tmp_path, capsys, env_confi
         f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
     )
     assert main(["verify", cp.id, "--read-data"]) == 1
-    assert "DAMAGED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "DAMAGED" in out
+    assert "the next protect stores the data of these files again" in out
 
 
 def test_verify_promises_only_for_available_checkpoints_and_survives_a_damaged_list(

@@ -506,6 +506,12 @@ def cmd_verify(args) -> int:
                 print(f"    {shown(f)}")
         for w in report.get("warnings", []):
             print(f"  warning: {w}")
+        if any(p.get("files") for p in report["problems"]):
+            print(
+                "  The damage is recorded in the store: the next protect stores the data of "
+                "these files again\n  if they are unchanged, and this checkpoint then restores "
+                "them too."
+            )
     return 0 if report["ok"] else 1
 
 
