@@ -205,6 +205,54 @@ def test_verify_promises_only_for_available_checkpoints_and_survives_a_damaged_l
     assert "list of files is unreadable" in item["message"]
 
 
+def test_entries_deleted_while_the_tree_is_listed_are_left_out(
+    make_provider, tmp_path, monkeypatch
+):
+    """A file gone between its folder's listing and its lstat, and a folder gone before it is
+    listed (temporary files of a busy tree), do not fail the protect."""
+    src = tree(tmp_path / "src", n=3)
+    (src / "tmp").mkdir()
+    (src / "tmp" / "x").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    class Listing:
+        def __init__(self, entries):
+            self.entries = entries
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __iter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    def scandir_then_delete(path):
+        with real_scandir(path) as it:
+            entries = list(it)
+        if os.fspath(path) == str(src / "a"):
+            os.unlink(src / "a" / "f1.bin")  # listed, then gone before its lstat
+            os.unlink(src / "tmp" / "x")
+            os.rmdir(src / "tmp")  # listed in src, gone before it is listed itself
+        return Listing(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir_then_delete)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert cp.status == "available"
+    resource = Resource(DIR, str(src))
+    section = cp.resource_section(resource, writable=False)
+    listed = {
+        e["path"]
+        for e in provider.type_map[DIR].list_files(
+            section, resource, store=provider.content_store()
+        )
+    }
+    assert "a/f0.bin" in listed and "a/f1.bin" not in listed and "tmp/x" not in listed
+
+
 def _flip_chunk_of(provider, cp, src, rel, bank_root):
     """Flip one bit inside the stored chunk of file `rel`; returns its chunk id (hex)."""
     resource = Resource(DIR, str(src))

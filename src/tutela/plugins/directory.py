@@ -220,7 +220,9 @@ class _Unreadable:
 def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result | _Unreadable]]:
     """(relative path, lstat) of every entry below root, parents before children, sorted.
     An entry below root that permission keeps from being read (lstat, or listing a folder)
-    comes as an `_Unreadable`; root itself must be listable."""
+    comes as an `_Unreadable`; root itself must be listable.  An entry deleted while the tree
+    is listed (between a folder's listing and its lstat, or a folder before it is listed) is
+    left out, as if it had been deleted just before."""
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -233,6 +235,10 @@ def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result | 
                 raise
             yield rel, _Unreadable(exc)
             continue
+        except (FileNotFoundError, NotADirectoryError):
+            if not rel:
+                raise
+            continue  # (its entry, already yielded, is written as an empty folder)
         subdirs = []
         for entry in entries:
             child = f"{rel}/{entry.name}" if rel else entry.name
@@ -243,6 +249,8 @@ def _walk(root: str, exclude: set[str]) -> Iterator[tuple[str, os.stat_result | 
             except PermissionError as exc:
                 yield child, _Unreadable(exc)
                 continue
+            except FileNotFoundError:
+                continue  # deleted since the folder was listed
             yield child, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(child)
