@@ -452,22 +452,10 @@ class ProtectDirectory(Operation):
         store = opening.result()
         store.hold()
         read = set(todo)
-        changed, vanished, denied = self._store_files(
-            store, entries, sources, todo, counts, context
-        )
+        outcome = self._store_files(store, entries, sources, todo, counts, context)
         if later_names:
-            self._link_names(
-                store,
-                entries,
-                later_names,
-                walked,
-                read,
-                counts,
-                context,
-                changed,
-                vanished,
-                denied,
-            )
+            self._link_names(store, entries, later_names, walked, read, counts, context, outcome)
+        changed, vanished, denied = outcome
         gone = [entries[i] for i in sorted(vanished)]
         for i, error in denied.items():
             unreadable.append((entries[i]["path"], error))
@@ -548,23 +536,15 @@ class ProtectDirectory(Operation):
 
     @classmethod
     def _link_names(
-        cls,
-        store,
-        entries,
-        later_names,
-        walked,
-        read,
-        counts,
-        context,
-        changed,
-        vanished,
-        denied,
+        cls, store, entries, later_names, walked, read, counts, context, outcome
     ) -> None:
         """Record the later names of each hard-linked file as links to its first name
         (`link`: the first name's path), with its data and metadata: one inode, read once.
         When the first name was left out (deleted or denied meanwhile) or is another file
         now (replaced while read), its later names are read on their own, the first of them
-        becoming the first name of the rest."""
+        becoming the first name of the rest.  `outcome` is `_store_files`'s (changed,
+        vanished, denied), updated in place."""
+        changed, vanished, denied = outcome
         groups = later_names
         while groups:
             again: dict[int, tuple[LocalFile, os.stat_result]] = {}
