@@ -1,7 +1,8 @@
 """The `tutela` command: argument parsing and one function per command; the work is done by
 the provider.  Every command takes `--json`; exit status is 0 on success, 1 when an operation
 or lookup fails, 2 for usage errors, 3 when `protect` made an available checkpoint that a plugin
-reported incomplete (data left out, as restic's 3), 141 (128 + SIGPIPE) when the reader of the
+reported incomplete (data left out, as restic's 3) or `restore` succeeded with warnings (the
+restored resources differ from the checkpoint), 141 (128 + SIGPIPE) when the reader of the
 output went away (`tutela ... | head -1`)."""
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class UsageError(CLIError):
 #: killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 #: Exit status of a protect whose checkpoint is available but has warnings (some data was left
-#: out): scripts and monitoring must notice, as with restic's "some files could not be read".
+#: out), or of a restore that succeeded with warnings (what it restored differs from the
+#: checkpoint): scripts and monitoring must notice, as with restic's "some files could not be
+#: read".
 EXIT_INCOMPLETE = 3
 #: The one-line incomplete message names this many warnings.
 WARNINGS_SHOWN = 3
@@ -329,11 +332,11 @@ def warning_text(warning: dict) -> str:
     return f"{res.get('type')}#{shown(str(res.get('id')))}: {shown(warning.get('message', ''))}"
 
 
-def warnings_text(warnings: list[dict]) -> str:
-    """Warnings on one line, the first few of them."""
+def warnings_text(warnings: list[dict], more: str = "tutela checkpoints show") -> str:
+    """Warnings on one line, the first few of them; `more` is the command that shows all."""
     text = "; ".join(warning_text(w) for w in warnings[:WARNINGS_SHOWN])
     if len(warnings) > WARNINGS_SHOWN:
-        text += f"; and {len(warnings) - WARNINGS_SHOWN} more (tutela checkpoints show)"
+        text += f"; and {len(warnings) - WARNINGS_SHOWN} more ({more})"
     return text
 
 
@@ -567,6 +570,13 @@ def cmd_restore(args) -> int:
         print_json({**record.index, "resources": list(record.resource_records().values())})
     else:
         print(record.id)
+    if record.warnings:  # restored, but not quite as the checkpoint has it: scripts notice
+        print(
+            f"tutela: restore {record.id} of checkpoint {cp.id} has warnings: "
+            f"{warnings_text(record.warnings, f'tutela restores show {record.id}')}",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 

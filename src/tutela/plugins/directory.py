@@ -15,9 +15,11 @@ Restore writes the tree (or only `paths` inside it) to its original path or to a
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
 As root it gives entries their recorded owner (`owner: false` does not); a file whose owner
 is not restored loses its setuid and setgid bits.  Holes stay holes.  Hard links are made
-again among the names restored (a name that cannot be linked is written as a file).  Files
-whose data is damaged are not written; the rest of the tree is, and the restore then fails
-naming them.
+again among the names restored (a name that cannot be linked is written as a file).  Where the
+restored tree differs from the checkpoint (a name written as a file, an owner root could not
+give, or any owner when `owner: true` was asked for) the restore warns (`context.warn`, counts
+only; `tutela restore` exits 3).  Files whose data is damaged are not written; the rest of
+the tree is, and the restore then fails naming them.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -95,7 +97,8 @@ RESTORE_SCHEMA: dict[str, Any] = {
             "default": True,
             "description": "Give files, folders and symlinks their recorded owner and group "
             "(when running as root).  A setuid or setgid file whose owner is not restored "
-            "loses those bits.",
+            "loses those bits.  As root, or when given as true, an entry left without its "
+            "owner is counted in a warning; by default another user keeps its own uid.",
         },
     },
     "additionalProperties": False,
@@ -731,6 +734,63 @@ def _file_mode(entry: dict[str, Any], owned: bool) -> int:
     return mode if owned else mode & ~_SETID
 
 
+class _Owners:
+    """Gives restored entries their recorded owner, and keeps the entries it was expected to
+    and could not: a difference from the checkpoint the restore warns about.  Expected when
+    the restore runs as root, or when `owner: true` was asked for; by default a restore by
+    another user keeps its own uid (documented), which is no warning.  Thread-safe: the
+    restore threads append to `missed`, which a list does atomically."""
+
+    __slots__ = ("expected", "missed", "restore")
+
+    def __init__(self, restore: bool, expected: bool):
+        self.restore = restore
+        self.expected = restore and expected
+        self.missed: list[str] = []
+
+    def give(
+        self, entry: dict[str, Any], *, fd: int | None = None, path: str | None = None
+    ) -> bool:
+        """`_restore_owner`, counting an entry with a recorded owner it did not get."""
+        done = _restore_owner(entry, self.restore, fd=fd, path=path)
+        if (
+            not done
+            and self.expected
+            and isinstance(entry.get("uid"), int)
+            and isinstance(entry.get("gid"), int)
+        ):
+            self.missed.append(entry["path"])
+        return done
+
+
+def restore_message(counts: dict[str, int]) -> str:
+    """The warning of a restore whose tree differs from the checkpoint: counts only, since it
+    is kept in the clear (the names go to progress messages)."""
+
+    def n(count: int, one: str, many: str) -> str:
+        return f"{count} {one if count == 1 else many}"
+
+    parts = []
+    if counts.get("hard_links_as_files"):
+        parts.append(
+            n(
+                counts["hard_links_as_files"],
+                "hard link written as a separate file",
+                "hard links written as separate files",
+            )
+            + " (could not be linked)"
+        )
+    if counts.get("owner_not_restored"):
+        parts.append(
+            n(
+                counts["owner_not_restored"],
+                "entry without its recorded owner and group",
+                "entries without their recorded owner and group",
+            )
+        )
+    return ", ".join(parts)
+
+
 def _write_sparse(fd: int, blocks, on_block) -> tuple[int, int]:
     """Write `blocks` to a new (empty) file, leaving every HOLE_BLOCK of zero bytes aligned
     in the file as a hole, also one that straddles two blocks.  Returns (bytes consumed,
@@ -838,7 +898,11 @@ class RestoreDirectory(Operation):
         target = os.path.abspath(parameters.get("target") or local_path(resource))
         store = context.content_store
         entries = self._entries(checkpoint, context, resource, parameters)
-        owner = bool(parameters.get("owner", True))
+        # As root, or with `owner: true` asked for, an entry left without its recorded owner
+        # is a difference to warn about; by default another user's restore keeps its uid.
+        owners = _Owners(
+            bool(parameters.get("owner", True)), os.geteuid() == 0 or "owner" in parameters
+        )
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
         dirs: list[tuple[str, dict[str, Any]]] = []
@@ -883,7 +947,7 @@ class RestoreDirectory(Operation):
                     if failures:
                         return
                     try:
-                        self._restore_file(store, entry, dest, context, owner)
+                        self._restore_file(store, entry, dest, context, owners)
                     except (CorruptDataError, MissingChunkError) as exc:
                         damaged.append((entry["path"], exc))  # list.append: thread-safe
             except BaseException as exc:
@@ -915,7 +979,7 @@ class RestoreDirectory(Operation):
                     if os.path.lexists(dest):
                         _remove(dest)
                     os.symlink(entry["target"], dest)
-                    _restore_owner(entry, owner, path=dest)
+                    owners.give(entry, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
                 elif kind == "file":
                     if linked_to:
@@ -934,12 +998,29 @@ class RestoreDirectory(Operation):
                 submit()
         if failures:
             raise failures[0]
-        if links:
-            self._restore_links(store, links, damaged, context, owner, resource)
+        unlinked = self._restore_links(store, links, damaged, context, owners, resource)
         for dest, entry in reversed(dirs):
-            _restore_owner(entry, owner, path=dest)  # before chmod: chown may clear bits
+            owners.give(entry, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        if owners.missed:
+            missed = sorted(owners.missed)
+            context.progress.message(
+                f"{resource.key}: {len(missed)} entry(ies) restored without their recorded "
+                "owner and group: " + _show_list(missed)
+            )
+        # Where the restored tree differs from the checkpoint, the restore says so: one
+        # warning, counts only (`tutela restore` exits 3).  Kept when it fails below.
+        differences = {
+            "hard_links_as_files": len(unlinked),
+            "owner_not_restored": len(owners.missed),
+        }
+        if any(differences.values()):
+            context.warn(
+                resource,
+                restore_message(differences),
+                {k: n for k, n in differences.items() if n},
+            )
         if damaged:
             paths = sorted(p for p, _ in damaged)
             first = min(damaged, key=lambda d: d[0])[1]
@@ -955,10 +1036,11 @@ class RestoreDirectory(Operation):
             )
 
     @classmethod
-    def _restore_links(cls, store, links, damaged, context, owner: bool, resource) -> None:
+    def _restore_links(cls, store, links, damaged, context, owners: _Owners, resource) -> list[str]:
         """Make the later names of hard-linked files links to the first name restored (whose
         write set the inode's owner, mode and mtime).  A name that cannot be linked (another
-        file system, links refused or not supported) is written as a file of its own."""
+        file system, links refused or not supported) is written as a file of its own; those
+        names are returned, for the restore's warning."""
         bad = dict(damaged)
         unlinked: list[tuple[str, OSError]] = []
         for entry, dest, first, first_dest in links:
@@ -971,7 +1053,7 @@ class RestoreDirectory(Operation):
             except OSError as exc:
                 unlinked.append((entry["path"], exc))
             try:
-                cls._restore_file(store, entry, dest, context, owner)
+                cls._restore_file(store, entry, dest, context, owners)
             except (CorruptDataError, MissingChunkError) as exc:
                 damaged.append((entry["path"], exc))
         if unlinked:
@@ -981,9 +1063,10 @@ class RestoreDirectory(Operation):
                 f"({error.strerror or error}), written as separate files: "
                 + _show_list([p for p, _ in unlinked])
             )
+        return [p for p, _ in unlinked]
 
     @staticmethod
-    def _restore_file(store, entry: dict[str, Any], dest: str, context, owner: bool = True) -> None:
+    def _restore_file(store, entry: dict[str, Any], dest: str, context, owners: _Owners) -> None:
         """Write one file.  A new file is created in place (exclusively, so nothing already
         there is touched); a file that exists is written under a temporary name and renamed
         over it, so it is never left torn.  On failure the partial file is removed.  Aligned
@@ -1007,7 +1090,7 @@ class RestoreDirectory(Operation):
                 if data_end < written:  # it ends with a hole
                     os.ftruncate(fd, written)
                 # Owner first: chown clears setuid and setgid; without it they are dropped.
-                os.fchmod(fd, _file_mode(entry, _restore_owner(entry, owner, fd=fd)))
+                os.fchmod(fd, _file_mode(entry, owners.give(entry, fd=fd)))
                 os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
             finally:
                 os.close(fd)
