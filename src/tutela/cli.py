@@ -477,9 +477,12 @@ def cmd_checkpoints_ls(args) -> int:
     if args.json:
         print_json(rows)
         return 0
-    modes = {"dir": "d", "symlink": "l", "file": "-"}
+    modes = {"dir": "d", "symlink": "l", "file": "-", "fifo": "p", "chardev": "c", "blockdev": "b"}
     for r in rows:
         size = r.get("size", 0)
+        rdev = r.get("rdev")
+        if isinstance(rdev, list) and len(rdev) == 2:  # a device: its numbers, as ls -l
+            size = f"{rdev[0]}, {rdev[1]}"
         when = datetime.fromtimestamp(r["mtime_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
         target = f" -> {shown(r['target'])}" if r["type"] == "symlink" else ""
         if r["type"] == "file" and isinstance(r.get("link"), str):  # a hard link, as tar -tv
