@@ -3,9 +3,11 @@ host whose Dask worker runs its hooks).
 
 Protect stores every regular file's bytes in the bank's content store (deduplicated across
 files, resources and checkpoints, compressed, optionally encrypted) and records the tree —
-files, folders, symlinks, empty files, modes, mtimes — in a manifest.  It is incremental
-forever: a file whose path, size, mtime and inode match the previous available checkpoint of the
-same resource is not read again; its chunk list is taken over.  A file that changes while it is
+files, folders, symlinks, empty files, FIFOs and device nodes (their major and minor numbers;
+no data is read from them), modes, mtimes — in a manifest.  Sockets are left out (`skipped`),
+as GNU tar does: one means nothing without its server.  It is incremental forever: a file
+whose path, size, mtime and inode match the previous available checkpoint of the same
+resource is not read again; its chunk list is taken over.  A file that changes while it is
 read is read once more and, if it changes again, recorded as `changed_while_read`.  The
 names of a hard-linked file are read once: later names carry `link`, the first one's path.
 Files left out (unreadable, deleted while read) or saved mid-change make the protect report a
@@ -19,7 +21,9 @@ again among the names restored (a name that cannot be linked is written as a fil
 restored tree differs from the checkpoint (a name written as a file, an owner root could not
 give, or any owner when `owner: true` was asked for) the restore warns (`context.warn`, counts
 only; `tutela restore` exits 3).  Files whose data is damaged are not written; the rest of
-the tree is, and the restore then fails naming them.
+the tree is, and the restore then fails naming them.  FIFOs and device nodes are made again;
+one the restore may not create (EPERM: a device needs root, CAP_MKNOD) is left out with a
+warning.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -27,6 +31,7 @@ Config section `[directory]` (optional): `paths` — directories `tutela resourc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -95,7 +100,8 @@ RESTORE_SCHEMA: dict[str, Any] = {
         "owner": {
             "type": "boolean",
             "default": True,
-            "description": "Give files, folders and symlinks their recorded owner and group "
+            "description": "Give files, folders, symlinks, FIFOs and devices their recorded "
+            "owner and group "
             "(when running as root).  A setuid or setgid file whose owner is not restored "
             "loses those bits.  As root, or when given as true, an entry left without its "
             "owner is counted in a warning; by default another user keeps its own uid.",
@@ -120,6 +126,12 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
             "description": "Files recorded as a hard link to another name in the tree (its "
             "data, not read again); counted in `files` too.",
         },
+        "special_files": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "FIFOs and character and block devices recorded (type, mode, "
+            "owner, mtime and a device's numbers; they hold no data to read).",
+        },
         "previous_checkpoint": {"type": ["string", "null"]},
         "ignored_previous_checkpoint": {
             "type": "string",
@@ -131,7 +143,9 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "skipped_count": {
             "type": "integer",
             "minimum": 1,
-            "description": "Entries neither file, folder nor symlink (FIFOs, sockets, devices).",
+            "description": "Entries left out by design: sockets (meaningless without their "
+            "server, as GNU tar has it).  Checkpoints made before FIFOs and devices were "
+            "recorded count those here too.",
         },
         "changed_while_read_count": {"type": "integer", "minimum": 1},
         "vanished_count": {"type": "integer", "minimum": 1},
@@ -147,7 +161,11 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
 DETAILS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "skipped": {"type": "array", "items": {"type": "string"}},
+        "skipped": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Sockets left out (and, in older checkpoints, FIFOs and devices).",
+        },
         "changed_while_read": {"type": "array", "items": {"type": "string"}},
         "vanished": {"type": "array", "items": {"type": "string"}},
         "unreadable": {
@@ -387,6 +405,7 @@ class ProtectDirectory(Operation):
             "reused_files": 0,
             "read_bytes": 0,
             "hard_links": 0,
+            "special_files": 0,
         }
         skipped: list[str] = []
         unreadable: list[tuple[str, OSError]] = []
@@ -446,7 +465,14 @@ class ProtectDirectory(Operation):
                     counts["directories"] -= 1
                 unreadable.append((rel, st.error))
                 continue
-            else:
+            elif stat.S_ISFIFO(mode):  # recorded, never opened: opening a FIFO would block
+                entry["type"] = "fifo"
+                counts["special_files"] += 1
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                entry["type"] = "chardev" if stat.S_ISCHR(mode) else "blockdev"
+                entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
+                counts["special_files"] += 1
+            else:  # a socket (or a type Linux does not have): left out by design
                 skipped.append(rel)
                 continue
             entries.append(entry)
@@ -501,14 +527,15 @@ class ProtectDirectory(Operation):
         }
         if ignored_previous is not None:
             info["ignored_previous_checkpoint"] = ignored_previous
-        if not info["hard_links"]:
-            del info["hard_links"]
+        for key in ("hard_links", "special_files"):  # rare: only when there are some
+            if not info[key]:
+                del info[key]
         for key, names in details.items():
             info[f"{key}_count"] = len(names)
         if skipped:
             context.progress.message(
-                f"{resource.key}: {len(skipped)} entry(ies) neither file, folder nor symlink "
-                "(FIFO, socket, device) left out: " + ", ".join(skipped[:5])
+                f"{resource.key}: {len(skipped)} socket(s) left out (meaningless without their "
+                "server): " + ", ".join(skipped[:5])
             )
         if unreadable:
             context.progress.message(
@@ -643,8 +670,8 @@ class ProtectDirectory(Operation):
 
 def incomplete_message(counts: dict[str, int]) -> str:
     """The warning of a protect that left files out or saved them mid-change: counts only,
-    since it is kept in the clear.  FIFOs, sockets and devices (`skipped`) are not in it: they
-    hold no data to read, and a tree that has one would otherwise never protect cleanly."""
+    since it is kept in the clear.  Sockets (`skipped`) are not in it: they are left out by
+    design, and a tree that has one would otherwise never protect cleanly."""
 
     def files(n: int, folders: bool = False) -> str:
         noun = ("file or folder", "files or folders") if folders else ("file", "files")
@@ -763,6 +790,42 @@ class _Owners:
         return done
 
 
+#: The manifest types of special files, and the file type each is made with.
+_SPECIAL = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+
+
+def _restore_special(entry: dict[str, Any], dest: str, owners: _Owners) -> bool:
+    """Create the FIFO or device node of a manifest entry at `dest` (0600 at first), then
+    give it its owner, mode and mtime.  False when the system does not permit creating it
+    (EPERM: a device without root or CAP_MKNOD, a file system without FIFOs): the restore
+    leaves it out and warns.  A device entry without a valid `rdev` ([major, minor]) is an
+    error: the manifest was not written by Tutela."""
+    kind = _SPECIAL[entry["type"]]
+    try:
+        if kind == stat.S_IFIFO:
+            os.mkfifo(dest, 0o600)
+        else:
+            rdev = entry.get("rdev")
+            if not (
+                isinstance(rdev, list)
+                and len(rdev) == 2
+                and all(type(n) is int and 0 <= n < 1 << 32 for n in rdev)
+            ):
+                raise TutelaError(
+                    f"manifest entry {entry['path']!r} is a device without a valid rdev "
+                    f"([major, minor]): {rdev!r}; refusing to restore it"
+                )
+            os.mknod(dest, kind | 0o600, os.makedev(*rdev))
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:  # EACCES: the folder itself, a real error
+            raise
+        return False
+    # Owner first: chown clears setuid and setgid; without it they are dropped.
+    os.chmod(dest, _file_mode(entry, owners.give(entry, path=dest)))
+    os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+    return True
+
+
 def restore_message(counts: dict[str, int]) -> str:
     """The warning of a restore whose tree differs from the checkpoint: counts only, since it
     is kept in the clear (the names go to progress messages)."""
@@ -786,6 +849,14 @@ def restore_message(counts: dict[str, int]) -> str:
                 counts["owner_not_restored"],
                 "entry without its recorded owner and group",
                 "entries without their recorded owner and group",
+            )
+        )
+    if counts.get("special_files_not_created"):
+        parts.append(
+            n(
+                counts["special_files_not_created"],
+                "device or FIFO not created (not permitted, left out)",
+                "devices or FIFOs not created (not permitted, left out)",
             )
         )
     return ", ".join(parts)
@@ -938,6 +1009,8 @@ class RestoreDirectory(Operation):
         # Hard links: the first file restored of each group (by the manifest path the later
         # names' `link` gives), and the later names, linked to it once it is written.
         linked_to = {e["link"] for e in entries if isinstance(e.get("link"), str)}
+        # FIFOs and devices the system did not permit to create (a device needs CAP_MKNOD).
+        not_created: list[str] = []
         first_of: dict[str, tuple[dict[str, Any], str]] = {}
         links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
 
@@ -981,6 +1054,11 @@ class RestoreDirectory(Operation):
                     os.symlink(entry["target"], dest)
                     owners.give(entry, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+                elif kind in _SPECIAL:  # no data: made here, in order, like a symlink
+                    if os.path.lexists(dest):
+                        _remove(dest)
+                    if not _restore_special(entry, dest, owners):
+                        not_created.append(entry["path"])
                 elif kind == "file":
                     if linked_to:
                         group = entry.get("link") or entry["path"]
@@ -1003,6 +1081,11 @@ class RestoreDirectory(Operation):
             owners.give(entry, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        if not_created:
+            context.progress.message(
+                f"{resource.key}: {len(not_created)} device(s) or FIFO(s) not created, not "
+                "permitted (a device needs root, CAP_MKNOD), left out: " + _show_list(not_created)
+            )
         if owners.missed:
             missed = sorted(owners.missed)
             context.progress.message(
@@ -1014,6 +1097,7 @@ class RestoreDirectory(Operation):
         differences = {
             "hard_links_as_files": len(unlinked),
             "owner_not_restored": len(owners.missed),
+            "special_files_not_created": len(not_created),
         }
         if any(differences.values()):
             context.warn(
