@@ -4,6 +4,7 @@ restore links the names it selects; a manifest without `link` restores as before
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -156,24 +157,39 @@ def test_first_name_deleted_after_the_walk_leaves_the_others_read(
     assert_linked(out, ["c", "d/b"])
 
 
+@contextlib.contextmanager
+def tmpfs_at(folder):
+    """A tmpfs mounted on `folder` (made if need be) for the block: a hard link across it
+    fails with EXDEV.  Skips the test where mounting is not possible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "tutela-test", str(folder)], check=False, capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_names_on_another_file_system_are_written_as_files(make_provider, tmp_path):
     # A file system mounted inside the target: a link across it fails (EXDEV), so that
-    # name is written as a file of its own, and the restore succeeds.
+    # name is written as a file of its own, and the restore succeeds with a warning (the
+    # restored tree differs from the checkpoint), counts only.
     src = linked_tree(tmp_path / "src")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
     out = tmp_path / "out"
-    (out / "d").mkdir(parents=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a file system needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "tutela-test", str(out / "d")], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs_at(out / "d"):
         from test_directory_restore_review import Messages
 
         progress = Messages()
-        provider.restore(cp.id, {DIR: {"target": str(out), "overwrite": True}}, progress=progress)
+        record = provider.restore(
+            cp.id, {DIR: {"target": str(out), "overwrite": True}}, progress=progress
+        )
         assert_linked(out, ["a", "c"])
         b = os.lstat(out / "d" / "b")
         assert b.st_nlink == 1 and b.st_dev != os.lstat(out / "a").st_dev
@@ -181,8 +197,51 @@ def test_names_on_another_file_system_are_written_as_files(make_provider, tmp_pa
         assert stat.S_IMODE(b.st_mode) == 0o640
         assert b.st_mtime_ns == 1_600_000_000_123_456_789
         assert [m for m in progress.messages if "hard link" in m and "d/b" in m]
-    finally:
-        subprocess.run(["umount", str(out / "d")], check=True)
+    assert record.status == "success"
+    warning = {
+        "message": "1 hard link written as a separate file (could not be linked)",
+        "counts": {"hard_links_as_files": 1},
+    }
+    [kept] = provider.checkpoints.get_restore(record.id).warnings
+    assert (kept["resource"]["type"], kept["resource"]["id"]) == (DIR, str(src))
+    assert {k: v for k, v in kept.items() if k != "resource"} == warning
+    [rec] = provider.checkpoints.get_restore(record.id).resource_records().values()
+    assert rec["warnings"] == [warning]
+    assert provider.checkpoints.get(cp.id).warnings == []  # the checkpoint is as it was
+
+
+def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
+    make_provider, tmp_path, env_config_dir, capsys
+):
+    src = linked_tree(tmp_path / "src")
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    provider.close()
+    (env_config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
+    )
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({DIR: {"target": str(tmp_path / "clean")}}))
+    assert main(["restore", cp.id, "--parameters", str(params), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.strip()
+    assert_linked(tmp_path / "clean")
+
+    out_dir = tmp_path / "out"
+    params.write_text(json.dumps({DIR: {"target": str(out_dir), "overwrite": True}}))
+    with tmpfs_at(out_dir / "d"):
+        code = main(["restore", cp.id, "--parameters", str(params), "-q", "--json"])
+        out, err = capsys.readouterr()
+    assert code == 3
+    record = json.loads(out)  # --json still prints the record
+    assert record["status"] == "success"
+    assert [w["counts"] for w in record["warnings"]] == [{"hard_links_as_files": 1}]
+    assert err.strip().splitlines()[-1] == (
+        f"tutela: restore {record['id']} of checkpoint {cp.id} has warnings: {DIR}#{src}: "
+        "1 hard link written as a separate file (could not be linked)"
+    )
+    assert "d/b" not in err.splitlines()[-1]  # counts only: the names are in the messages
 
 
 def test_ls_shows_which_name_is_a_link(make_provider, tmp_path, env_config_dir, capsys):

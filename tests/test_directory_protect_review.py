@@ -363,7 +363,8 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
     src = tmp_path / "src"
     src.mkdir()
     (src / "kept-qzkwv.txt").write_text("kept\n")
-    os.mkfifo(src / "fifo-wvqzk")  # skipped
+    with socket.socket(socket.AF_UNIX) as sock:  # skipped; the socket file stays
+        sock.bind(str(src / "sock-wvqzk"))
     (src / "vanishing-jqzvw.bin").write_bytes(os.urandom(10_000))
     busy = src / "busy-zkjwq.log"
     busy.write_bytes(b"x" * 100_000)
@@ -405,7 +406,7 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
     for key in ("skipped", "vanished", "changed_while_read", "unreadable", "unreadable_count"):
         assert key not in info
     assert section_of(cp, src).get_json("metadata") == info
-    # Left out and changed: the checkpoint is incomplete; the FIFO (skipped) is not counted.
+    # Left out and changed: the checkpoint is incomplete; the socket (skipped) is not counted.
     assert cp.status == "available"
     assert [(w["resource"]["id"], w["counts"]) for w in cp.warnings] == [
         (str(src), {"vanished": 1, "changed_while_read": 1})
@@ -414,11 +415,11 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
         "1 file deleted while read (left out), 1 file changed while read (saved, maybe inconsistent)"
     )
     assert details_of(provider, cp, src) == {
-        "skipped": ["fifo-wvqzk"],
+        "skipped": ["sock-wvqzk"],
         "changed_while_read": ["busy-zkjwq.log"],
         "vanished": ["vanishing-jqzvw.bin"],
     }
-    assert any("fifo-wvqzk" in t and "left out" in t for t in messages.texts), messages.texts
+    assert any("sock-wvqzk" in t and "left out" in t for t in messages.texts), messages.texts
     # No name is anywhere in the bank in the clear (only the tree's own path is).
     for path in (tmp_path / "bank").rglob("*"):
         if path.is_file():
@@ -429,7 +430,7 @@ def test_name_lists_are_encrypted_and_only_counts_are_in_the_clear(
     # checkpoint and a sweep leave them readable.
     other = provider.protect([Resource(DIR, str(src))])
     provider.delete(other.id)
-    assert details_of(provider, cp, src)["skipped"] == ["fifo-wvqzk"]
+    assert details_of(provider, cp, src)["skipped"] == ["sock-wvqzk"]
     assert provider.verify(cp.id, read_data=True)["ok"]
 
 
@@ -445,9 +446,9 @@ def test_a_clean_tree_has_no_details_object(make_provider, tmp_path):
     assert cp.warnings == []
 
 
-def test_fifos_and_sockets_alone_make_no_warning(make_provider, tmp_path):
-    """They hold no data to read: left out by design, counted as `skipped`, not a reason to
-    call every protect of the tree incomplete."""
+def test_sockets_and_fifos_alone_make_no_warning(make_provider, tmp_path):
+    """A socket is left out by design (counted as `skipped`), a FIFO recorded without data:
+    neither is a reason to call every protect of the tree incomplete."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("f\n")
@@ -459,7 +460,8 @@ def test_fifos_and_sockets_alone_make_no_warning(make_provider, tmp_path):
         cp = provider.protect([Resource(DIR, str(src))])
     finally:
         sock.close()
-    assert info_of(cp, src)["skipped_count"] == 2
+    assert info_of(cp, src)["skipped_count"] == 1
+    assert info_of(cp, src)["special_files"] == 1
     assert cp.status == "available" and cp.warnings == []
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +155,111 @@ def test_owner_helper_on_entries(tmp_path):
         assert _restore_owner(own, True, fd=fd) is True
     finally:
         os.close(fd)
+
+
+def privileges(*options: str) -> list[str]:
+    """A `setpriv` prefix that runs a command with fewer privileges (root only; skips the
+    test where it cannot)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("dropping privileges needs root and setpriv")
+    if subprocess.run(["setpriv", *options, "true"], check=False).returncode != 0:
+        pytest.skip(f"setpriv {' '.join(options)} does not work here")
+    return ["setpriv", *options]
+
+
+def tutela(prefix: list[str], *argv: str, env: dict[str, str] | None = None):
+    """The `tutela` command in a process of its own, behind `prefix` (e.g. setpriv)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "tutela", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+    )
+
+
+def write_provider(config_dir, bank) -> None:
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "p.conf").write_text(
+        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        f"[filesystem_bank]\nroot = {bank}\n"
+    )
+
+
+@as_root
+def test_a_root_restore_that_cannot_give_owners_back_warns(make_provider, tmp_path, monkeypatch):
+    # Root without CAP_CHOWN (a container that drops it, NFS with root_squash): the files
+    # stay root's, which is a difference from the checkpoint the restore must report.  With
+    # `owner: false`, asked for, it is none.
+    no_chown = privileges("--bounding-set=-chown")
+    src = tmp_path / "src"
+    setuid_tree(src)
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    clean = provider.restore(cp.id, {DIR: {"target": str(tmp_path / "as-root")}})
+    assert clean.warnings == []  # root with every capability: every owner given back
+    provider.close()
+    write_provider(tmp_path / "providers.d", tmp_path / "bank")
+    monkeypatch.setenv("TUTELA_PROVIDER_CONFIG_DIR", str(tmp_path / "providers.d"))
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({DIR: {"target": str(tmp_path / "out")}}))
+    done = tutela(no_chown, "restore", "--json", cp.id, "--parameters", str(params))
+    assert done.returncode == 3, done.stderr
+    [warning] = json.loads(done.stdout)["warnings"]
+    assert warning["counts"] == {"owner_not_restored": 4}  # t, g, d, d/link
+    assert warning["message"] == "4 entries without their recorded owner and group"
+    assert "has warnings" in done.stderr.splitlines()[-1]
+    assert "d/link" in done.stderr  # the names: in the progress message only
+    assert os.lstat(tmp_path / "out" / "t").st_uid == 0
+    assert stat.S_IMODE(os.lstat(tmp_path / "out" / "t").st_mode) == 0o755  # setuid dropped
+    params.write_text(json.dumps({DIR: {"target": str(tmp_path / "out2"), "owner": False}}))
+    done = tutela(no_chown, "restore", "-q", cp.id, "--parameters", str(params))
+    assert done.returncode == 0, done.stderr
+    assert "warnings" not in done.stderr
+
+
+@as_root
+def test_a_user_restore_keeps_its_own_uid_and_warns_only_when_owners_are_asked_for():
+    # Not root: files come back as the user's by design (documented), no warning; with
+    # `owner: true` asked for, each entry whose recorded owner it could not give is one.
+    nobody = privileges("--reuid=65534", "--regid=65534", "--clear-groups")
+    base = tempfile.mkdtemp(prefix="tutela-owner-", dir="/tmp")  # pytest's tmp is root's only
+    try:
+        os.chmod(base, 0o755)
+        root = Path(base)
+        src = root / "src"
+        (src / "sub").mkdir(parents=True)
+        (src / "sub" / "f").write_text("root's file\n")
+        for folder in (src, src / "sub"):
+            os.chmod(folder, 0o755)
+        work = root / "work"  # the bank, config, home and targets: the user's
+        work.mkdir()
+        os.chown(work, 65534, 65534)
+        write_provider(work / "providers.d", work / "bank")
+        env = {
+            **os.environ,
+            "HOME": str(work),
+            "XDG_CACHE_HOME": str(work / "cache"),
+            "TUTELA_PROVIDER_CONFIG_DIR": str(work / "providers.d"),
+        }
+        done = tutela(nobody, "protect", "-q", "--resource", f"{DIR}={src}", env=env)
+        assert done.returncode == 0, done.stderr
+        cp_id = done.stdout.strip()
+        params = work / "params.json"
+        params.write_text(json.dumps({DIR: {"target": str(work / "mine")}}))
+        os.chmod(params, 0o644)
+        done = tutela(nobody, "restore", "-q", cp_id, "--parameters", str(params), env=env)
+        assert done.returncode == 0, done.stderr
+        assert os.lstat(work / "mine" / "sub" / "f").st_uid == 65534
+        params.write_text(json.dumps({DIR: {"target": str(work / "asked"), "owner": True}}))
+        done = tutela(nobody, "restore", "-q", cp_id, "--parameters", str(params), env=env)
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.splitlines()[-1].endswith(
+            "3 entries without their recorded owner and group"  # ., sub, sub/f
+        )
+    finally:
+        shutil.rmtree(base)
 
 
 # -- 6. damaged data ------------------------------------------------------------------------

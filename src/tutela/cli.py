@@ -1,7 +1,8 @@
 """The `tutela` command: argument parsing and one function per command; the work is done by
 the provider.  Every command takes `--json`; exit status is 0 on success, 1 when an operation
 or lookup fails, 2 for usage errors, 3 when `protect` made an available checkpoint that a plugin
-reported incomplete (data left out, as restic's 3), 141 (128 + SIGPIPE) when the reader of the
+reported incomplete (data left out, as restic's 3) or `restore` succeeded with warnings (the
+restored resources differ from the checkpoint), 141 (128 + SIGPIPE) when the reader of the
 output went away (`tutela ... | head -1`)."""
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class UsageError(CLIError):
 #: killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 #: Exit status of a protect whose checkpoint is available but has warnings (some data was left
-#: out): scripts and monitoring must notice, as with restic's "some files could not be read".
+#: out), or of a restore that succeeded with warnings (what it restored differs from the
+#: checkpoint): scripts and monitoring must notice, as with restic's "some files could not be
+#: read".
 EXIT_INCOMPLETE = 3
 #: The one-line incomplete message names this many warnings.
 WARNINGS_SHOWN = 3
@@ -329,11 +332,11 @@ def warning_text(warning: dict) -> str:
     return f"{res.get('type')}#{shown(str(res.get('id')))}: {shown(warning.get('message', ''))}"
 
 
-def warnings_text(warnings: list[dict]) -> str:
-    """Warnings on one line, the first few of them."""
+def warnings_text(warnings: list[dict], more: str = "tutela checkpoints show") -> str:
+    """Warnings on one line, the first few of them; `more` is the command that shows all."""
     text = "; ".join(warning_text(w) for w in warnings[:WARNINGS_SHOWN])
     if len(warnings) > WARNINGS_SHOWN:
-        text += f"; and {len(warnings) - WARNINGS_SHOWN} more (tutela checkpoints show)"
+        text += f"; and {len(warnings) - WARNINGS_SHOWN} more ({more})"
     return text
 
 
@@ -474,9 +477,12 @@ def cmd_checkpoints_ls(args) -> int:
     if args.json:
         print_json(rows)
         return 0
-    modes = {"dir": "d", "symlink": "l", "file": "-"}
+    modes = {"dir": "d", "symlink": "l", "file": "-", "fifo": "p", "chardev": "c", "blockdev": "b"}
     for r in rows:
         size = r.get("size", 0)
+        rdev = r.get("rdev")
+        if isinstance(rdev, list) and len(rdev) == 2:  # a device: its numbers, as ls -l
+            size = f"{rdev[0]}, {rdev[1]}"
         when = datetime.fromtimestamp(r["mtime_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
         target = f" -> {shown(r['target'])}" if r["type"] == "symlink" else ""
         if r["type"] == "file" and isinstance(r.get("link"), str):  # a hard link, as tar -tv
@@ -567,6 +573,13 @@ def cmd_restore(args) -> int:
         print_json({**record.index, "resources": list(record.resource_records().values())})
     else:
         print(record.id)
+    if record.warnings:  # restored, but not quite as the checkpoint has it: scripts notice
+        print(
+            f"tutela: restore {record.id} of checkpoint {cp.id} has warnings: "
+            f"{warnings_text(record.warnings, f'tutela restores show {record.id}')}",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 

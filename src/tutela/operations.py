@@ -144,11 +144,13 @@ class OperationContext:
         self.progress.bytes_moved(count)
 
     def warn(self, resource: Resource, message: str, counts: dict[str, int] | None = None) -> None:
-        """Report that `resource` was protected incompletely (e.g. files left out) while the
-        operation still succeeds: the warning is kept in the resource's record and in the
-        checkpoint, `checkpoints show` lists it, and `tutela protect` exits 3.  The message
-        is one line kept in the clear: say how many, never which (no file names, no data);
-        `counts` are integers by name (`{"unreadable": 2}`)."""
+        """Report that `resource` was protected incompletely (e.g. files left out), or
+        restored other than the checkpoint has it (e.g. a hard link written as a file), while
+        the operation still succeeds: the warning is kept in the resource's record and in the
+        checkpoint (`checkpoints show` lists it) or the restore record, and `tutela protect`
+        or `tutela restore` exits 3.  The message is one line kept in the clear: say how
+        many, never which (no file names, no data); `counts` are integers by name
+        (`{"unreadable": 2}`)."""
         self.add_warnings([make_warning(resource, message, counts)])
 
     def add_warnings(self, warnings: list[dict[str, Any]]) -> None:

@@ -3,9 +3,11 @@ host whose Dask worker runs its hooks).
 
 Protect stores every regular file's bytes in the bank's content store (deduplicated across
 files, resources and checkpoints, compressed, optionally encrypted) and records the tree —
-files, folders, symlinks, empty files, modes, mtimes — in a manifest.  It is incremental
-forever: a file whose path, size, mtime and inode match the previous available checkpoint of the
-same resource is not read again; its chunk list is taken over.  A file that changes while it is
+files, folders, symlinks, empty files, FIFOs and device nodes (their major and minor numbers;
+no data is read from them), modes, mtimes — in a manifest.  Sockets are left out (`skipped`),
+as GNU tar does: one means nothing without its server.  It is incremental forever: a file
+whose path, size, mtime and inode match the previous available checkpoint of the same
+resource is not read again; its chunk list is taken over.  A file that changes while it is
 read is read once more and, if it changes again, recorded as `changed_while_read`.  The
 names of a hard-linked file are read once: later names carry `link`, the first one's path.
 Files left out (unreadable, deleted while read) or saved mid-change make the protect report a
@@ -15,9 +17,13 @@ Restore writes the tree (or only `paths` inside it) to its original path or to a
 refusing a non-empty target unless `overwrite: true`; every chunk is verified on the way back.
 As root it gives entries their recorded owner (`owner: false` does not); a file whose owner
 is not restored loses its setuid and setgid bits.  Holes stay holes.  Hard links are made
-again among the names restored (a name that cannot be linked is written as a file).  Files
-whose data is damaged are not written; the rest of the tree is, and the restore then fails
-naming them.
+again among the names restored (a name that cannot be linked is written as a file).  Where the
+restored tree differs from the checkpoint (a name written as a file, an owner root could not
+give, or any owner when `owner: true` was asked for) the restore warns (`context.warn`, counts
+only; `tutela restore` exits 3).  Files whose data is damaged are not written; the rest of
+the tree is, and the restore then fails naming them.  FIFOs and device nodes are made again;
+one the restore may not create (EPERM: a device needs root, CAP_MKNOD) is left out with a
+warning.
 Delete removes the checkpoint's data; the provider then frees chunks nobody refers to.
 
 Config section `[directory]` (optional): `paths` — directories `tutela resources` lists.
@@ -25,6 +31,7 @@ Config section `[directory]` (optional): `paths` — directories `tutela resourc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -93,9 +100,11 @@ RESTORE_SCHEMA: dict[str, Any] = {
         "owner": {
             "type": "boolean",
             "default": True,
-            "description": "Give files, folders and symlinks their recorded owner and group "
+            "description": "Give files, folders, symlinks, FIFOs and devices their recorded "
+            "owner and group "
             "(when running as root).  A setuid or setgid file whose owner is not restored "
-            "loses those bits.",
+            "loses those bits.  As root, or when given as true, an entry left without its "
+            "owner is counted in a warning; by default another user keeps its own uid.",
         },
     },
     "additionalProperties": False,
@@ -117,6 +126,12 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
             "description": "Files recorded as a hard link to another name in the tree (its "
             "data, not read again); counted in `files` too.",
         },
+        "special_files": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "FIFOs and character and block devices recorded (type, mode, "
+            "owner, mtime and a device's numbers; they hold no data to read).",
+        },
         "previous_checkpoint": {"type": ["string", "null"]},
         "ignored_previous_checkpoint": {
             "type": "string",
@@ -128,7 +143,9 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
         "skipped_count": {
             "type": "integer",
             "minimum": 1,
-            "description": "Entries neither file, folder nor symlink (FIFOs, sockets, devices).",
+            "description": "Entries left out by design: sockets (meaningless without their "
+            "server, as GNU tar has it).  Checkpoints made before FIFOs and devices were "
+            "recorded count those here too.",
         },
         "changed_while_read_count": {"type": "integer", "minimum": 1},
         "vanished_count": {"type": "integer", "minimum": 1},
@@ -144,7 +161,11 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
 DETAILS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "skipped": {"type": "array", "items": {"type": "string"}},
+        "skipped": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Sockets left out (and, in older checkpoints, FIFOs and devices).",
+        },
         "changed_while_read": {"type": "array", "items": {"type": "string"}},
         "vanished": {"type": "array", "items": {"type": "string"}},
         "unreadable": {
@@ -384,6 +405,7 @@ class ProtectDirectory(Operation):
             "reused_files": 0,
             "read_bytes": 0,
             "hard_links": 0,
+            "special_files": 0,
         }
         skipped: list[str] = []
         unreadable: list[tuple[str, OSError]] = []
@@ -443,7 +465,14 @@ class ProtectDirectory(Operation):
                     counts["directories"] -= 1
                 unreadable.append((rel, st.error))
                 continue
-            else:
+            elif stat.S_ISFIFO(mode):  # recorded, never opened: opening a FIFO would block
+                entry["type"] = "fifo"
+                counts["special_files"] += 1
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                entry["type"] = "chardev" if stat.S_ISCHR(mode) else "blockdev"
+                entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
+                counts["special_files"] += 1
+            else:  # a socket (or a type Linux does not have): left out by design
                 skipped.append(rel)
                 continue
             entries.append(entry)
@@ -498,14 +527,15 @@ class ProtectDirectory(Operation):
         }
         if ignored_previous is not None:
             info["ignored_previous_checkpoint"] = ignored_previous
-        if not info["hard_links"]:
-            del info["hard_links"]
+        for key in ("hard_links", "special_files"):  # rare: only when there are some
+            if not info[key]:
+                del info[key]
         for key, names in details.items():
             info[f"{key}_count"] = len(names)
         if skipped:
             context.progress.message(
-                f"{resource.key}: {len(skipped)} entry(ies) neither file, folder nor symlink "
-                "(FIFO, socket, device) left out: " + ", ".join(skipped[:5])
+                f"{resource.key}: {len(skipped)} socket(s) left out (meaningless without their "
+                "server): " + ", ".join(skipped[:5])
             )
         if unreadable:
             context.progress.message(
@@ -640,8 +670,8 @@ class ProtectDirectory(Operation):
 
 def incomplete_message(counts: dict[str, int]) -> str:
     """The warning of a protect that left files out or saved them mid-change: counts only,
-    since it is kept in the clear.  FIFOs, sockets and devices (`skipped`) are not in it: they
-    hold no data to read, and a tree that has one would otherwise never protect cleanly."""
+    since it is kept in the clear.  Sockets (`skipped`) are not in it: they are left out by
+    design, and a tree that has one would otherwise never protect cleanly."""
 
     def files(n: int, folders: bool = False) -> str:
         noun = ("file or folder", "files or folders") if folders else ("file", "files")
@@ -729,6 +759,107 @@ def _file_mode(entry: dict[str, Any], owned: bool) -> int:
     must not make a setuid-root file out of someone else's."""
     mode = entry["mode"]
     return mode if owned else mode & ~_SETID
+
+
+class _Owners:
+    """Gives restored entries their recorded owner, and keeps the entries it was expected to
+    and could not: a difference from the checkpoint the restore warns about.  Expected when
+    the restore runs as root, or when `owner: true` was asked for; by default a restore by
+    another user keeps its own uid (documented), which is no warning.  Thread-safe: the
+    restore threads append to `missed`, which a list does atomically."""
+
+    __slots__ = ("expected", "missed", "restore")
+
+    def __init__(self, restore: bool, expected: bool):
+        self.restore = restore
+        self.expected = restore and expected
+        self.missed: list[str] = []
+
+    def give(
+        self, entry: dict[str, Any], *, fd: int | None = None, path: str | None = None
+    ) -> bool:
+        """`_restore_owner`, counting an entry with a recorded owner it did not get."""
+        done = _restore_owner(entry, self.restore, fd=fd, path=path)
+        if (
+            not done
+            and self.expected
+            and isinstance(entry.get("uid"), int)
+            and isinstance(entry.get("gid"), int)
+        ):
+            self.missed.append(entry["path"])
+        return done
+
+
+#: The manifest types of special files, and the file type each is made with.
+_SPECIAL = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+
+
+def _restore_special(entry: dict[str, Any], dest: str, owners: _Owners) -> bool:
+    """Create the FIFO or device node of a manifest entry at `dest` (0600 at first), then
+    give it its owner, mode and mtime.  False when the system does not permit creating it
+    (EPERM: a device without root or CAP_MKNOD, a file system without FIFOs): the restore
+    leaves it out and warns.  A device entry without a valid `rdev` ([major, minor]) is an
+    error: the manifest was not written by Tutela."""
+    kind = _SPECIAL[entry["type"]]
+    try:
+        if kind == stat.S_IFIFO:
+            os.mkfifo(dest, 0o600)
+        else:
+            rdev = entry.get("rdev")
+            if not (
+                isinstance(rdev, list)
+                and len(rdev) == 2
+                and all(type(n) is int and 0 <= n < 1 << 32 for n in rdev)
+            ):
+                raise TutelaError(
+                    f"manifest entry {entry['path']!r} is a device without a valid rdev "
+                    f"([major, minor]): {rdev!r}; refusing to restore it"
+                )
+            os.mknod(dest, kind | 0o600, os.makedev(*rdev))
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:  # EACCES: the folder itself, a real error
+            raise
+        return False
+    # Owner first: chown clears setuid and setgid; without it they are dropped.
+    os.chmod(dest, _file_mode(entry, owners.give(entry, path=dest)))
+    os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+    return True
+
+
+def restore_message(counts: dict[str, int]) -> str:
+    """The warning of a restore whose tree differs from the checkpoint: counts only, since it
+    is kept in the clear (the names go to progress messages)."""
+
+    def n(count: int, one: str, many: str) -> str:
+        return f"{count} {one if count == 1 else many}"
+
+    parts = []
+    if counts.get("hard_links_as_files"):
+        parts.append(
+            n(
+                counts["hard_links_as_files"],
+                "hard link written as a separate file",
+                "hard links written as separate files",
+            )
+            + " (could not be linked)"
+        )
+    if counts.get("owner_not_restored"):
+        parts.append(
+            n(
+                counts["owner_not_restored"],
+                "entry without its recorded owner and group",
+                "entries without their recorded owner and group",
+            )
+        )
+    if counts.get("special_files_not_created"):
+        parts.append(
+            n(
+                counts["special_files_not_created"],
+                "device or FIFO not created (not permitted, left out)",
+                "devices or FIFOs not created (not permitted, left out)",
+            )
+        )
+    return ", ".join(parts)
 
 
 def _write_sparse(fd: int, blocks, on_block) -> tuple[int, int]:
@@ -838,7 +969,11 @@ class RestoreDirectory(Operation):
         target = os.path.abspath(parameters.get("target") or local_path(resource))
         store = context.content_store
         entries = self._entries(checkpoint, context, resource, parameters)
-        owner = bool(parameters.get("owner", True))
+        # As root, or with `owner: true` asked for, an entry left without its recorded owner
+        # is a difference to warn about; by default another user's restore keeps its uid.
+        owners = _Owners(
+            bool(parameters.get("owner", True)), os.geteuid() == 0 or "owner" in parameters
+        )
         os.makedirs(target, exist_ok=True)
         real_target = os.path.realpath(target)
         dirs: list[tuple[str, dict[str, Any]]] = []
@@ -874,6 +1009,8 @@ class RestoreDirectory(Operation):
         # Hard links: the first file restored of each group (by the manifest path the later
         # names' `link` gives), and the later names, linked to it once it is written.
         linked_to = {e["link"] for e in entries if isinstance(e.get("link"), str)}
+        # FIFOs and devices the system did not permit to create (a device needs CAP_MKNOD).
+        not_created: list[str] = []
         first_of: dict[str, tuple[dict[str, Any], str]] = {}
         links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
 
@@ -883,7 +1020,7 @@ class RestoreDirectory(Operation):
                     if failures:
                         return
                     try:
-                        self._restore_file(store, entry, dest, context, owner)
+                        self._restore_file(store, entry, dest, context, owners)
                     except (CorruptDataError, MissingChunkError) as exc:
                         damaged.append((entry["path"], exc))  # list.append: thread-safe
             except BaseException as exc:
@@ -915,8 +1052,13 @@ class RestoreDirectory(Operation):
                     if os.path.lexists(dest):
                         _remove(dest)
                     os.symlink(entry["target"], dest)
-                    _restore_owner(entry, owner, path=dest)
+                    owners.give(entry, path=dest)
                     os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
+                elif kind in _SPECIAL:  # no data: made here, in order, like a symlink
+                    if os.path.lexists(dest):
+                        _remove(dest)
+                    if not _restore_special(entry, dest, owners):
+                        not_created.append(entry["path"])
                 elif kind == "file":
                     if linked_to:
                         group = entry.get("link") or entry["path"]
@@ -934,12 +1076,35 @@ class RestoreDirectory(Operation):
                 submit()
         if failures:
             raise failures[0]
-        if links:
-            self._restore_links(store, links, damaged, context, owner, resource)
+        unlinked = self._restore_links(store, links, damaged, context, owners, resource)
         for dest, entry in reversed(dirs):
-            _restore_owner(entry, owner, path=dest)  # before chmod: chown may clear bits
+            owners.give(entry, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
             os.utime(dest, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        if not_created:
+            context.progress.message(
+                f"{resource.key}: {len(not_created)} device(s) or FIFO(s) not created, not "
+                "permitted (a device needs root, CAP_MKNOD), left out: " + _show_list(not_created)
+            )
+        if owners.missed:
+            missed = sorted(owners.missed)
+            context.progress.message(
+                f"{resource.key}: {len(missed)} entry(ies) restored without their recorded "
+                "owner and group: " + _show_list(missed)
+            )
+        # Where the restored tree differs from the checkpoint, the restore says so: one
+        # warning, counts only (`tutela restore` exits 3).  Kept when it fails below.
+        differences = {
+            "hard_links_as_files": len(unlinked),
+            "owner_not_restored": len(owners.missed),
+            "special_files_not_created": len(not_created),
+        }
+        if any(differences.values()):
+            context.warn(
+                resource,
+                restore_message(differences),
+                {k: n for k, n in differences.items() if n},
+            )
         if damaged:
             paths = sorted(p for p, _ in damaged)
             first = min(damaged, key=lambda d: d[0])[1]
@@ -955,10 +1120,11 @@ class RestoreDirectory(Operation):
             )
 
     @classmethod
-    def _restore_links(cls, store, links, damaged, context, owner: bool, resource) -> None:
+    def _restore_links(cls, store, links, damaged, context, owners: _Owners, resource) -> list[str]:
         """Make the later names of hard-linked files links to the first name restored (whose
         write set the inode's owner, mode and mtime).  A name that cannot be linked (another
-        file system, links refused or not supported) is written as a file of its own."""
+        file system, links refused or not supported) is written as a file of its own; those
+        names are returned, for the restore's warning."""
         bad = dict(damaged)
         unlinked: list[tuple[str, OSError]] = []
         for entry, dest, first, first_dest in links:
@@ -971,7 +1137,7 @@ class RestoreDirectory(Operation):
             except OSError as exc:
                 unlinked.append((entry["path"], exc))
             try:
-                cls._restore_file(store, entry, dest, context, owner)
+                cls._restore_file(store, entry, dest, context, owners)
             except (CorruptDataError, MissingChunkError) as exc:
                 damaged.append((entry["path"], exc))
         if unlinked:
@@ -981,9 +1147,10 @@ class RestoreDirectory(Operation):
                 f"({error.strerror or error}), written as separate files: "
                 + _show_list([p for p, _ in unlinked])
             )
+        return [p for p, _ in unlinked]
 
     @staticmethod
-    def _restore_file(store, entry: dict[str, Any], dest: str, context, owner: bool = True) -> None:
+    def _restore_file(store, entry: dict[str, Any], dest: str, context, owners: _Owners) -> None:
         """Write one file.  A new file is created in place (exclusively, so nothing already
         there is touched); a file that exists is written under a temporary name and renamed
         over it, so it is never left torn.  On failure the partial file is removed.  Aligned
@@ -1007,7 +1174,7 @@ class RestoreDirectory(Operation):
                 if data_end < written:  # it ends with a hole
                     os.ftruncate(fd, written)
                 # Owner first: chown clears setuid and setgid; without it they are dropped.
-                os.fchmod(fd, _file_mode(entry, _restore_owner(entry, owner, fd=fd)))
+                os.fchmod(fd, _file_mode(entry, owners.give(entry, fd=fd)))
                 os.utime(fd, ns=(entry["mtime_ns"], entry["mtime_ns"]))
             finally:
                 os.close(fd)
