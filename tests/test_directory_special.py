@@ -276,3 +276,30 @@ def test_a_checkpoint_from_before_special_files_restores_as_before(make_provider
     record = provider.restore(cp.id, {DIR: {"target": str(out)}})
     assert record.status == "success" and record.warnings == []
     assert sorted(os.listdir(out)) == ["f"]
+
+
+def test_an_entry_of_an_unknown_type_is_left_out_with_a_warning(make_provider, tmp_path):
+    # As a newer Tutela might write it: a type this version does not know.  The rest of the
+    # tree is restored, and the restore says how many entries it left out.
+    from test_directory_restore_review import rewrite_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f\n")
+    make_fifo(src / "pipe")
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+
+    def from_the_future(entries):
+        for e in entries:
+            if e["path"] == "pipe":
+                e["type"] = "door"
+        return entries
+
+    rewrite_manifest(provider, cp, src, from_the_future)
+    out = tmp_path / "out"
+    record = provider.restore(cp.id, {DIR: {"target": str(out)}})
+    assert record.status == "success"
+    assert sorted(os.listdir(out)) == ["f"]
+    assert [w["counts"] for w in record.warnings] == [{"unknown_types": 1}]
+    assert "1 entry of an unknown type left out" in record.warnings[0]["message"]

@@ -859,6 +859,14 @@ def restore_message(counts: dict[str, int]) -> str:
                 "devices or FIFOs not created (not permitted, left out)",
             )
         )
+    if counts.get("unknown_types"):
+        parts.append(
+            n(
+                counts["unknown_types"],
+                "entry of an unknown type left out (a newer Tutela wrote it)",
+                "entries of an unknown type left out (a newer Tutela wrote them)",
+            )
+        )
     return ", ".join(parts)
 
 
@@ -1011,6 +1019,7 @@ class RestoreDirectory(Operation):
         linked_to = {e["link"] for e in entries if isinstance(e.get("link"), str)}
         # FIFOs and devices the system did not permit to create (a device needs CAP_MKNOD).
         not_created: list[str] = []
+        unknown: list[str] = []  # entries of a type this version does not know
         first_of: dict[str, tuple[dict[str, Any], str]] = {}
         links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
 
@@ -1072,6 +1081,8 @@ class RestoreDirectory(Operation):
                     batch_bytes += entry["size"]
                     if len(batch) >= RESTORE_BATCH_FILES or batch_bytes >= RESTORE_BATCH_BYTES:
                         submit()
+                else:  # written by a newer Tutela: left out, and said, never silently
+                    unknown.append(entry["path"])
             if not failures:
                 submit()
         if failures:
@@ -1086,6 +1097,11 @@ class RestoreDirectory(Operation):
                 f"{resource.key}: {len(not_created)} device(s) or FIFO(s) not created, not "
                 "permitted (a device needs root, CAP_MKNOD), left out: " + _show_list(not_created)
             )
+        if unknown:
+            context.progress.message(
+                f"{resource.key}: {len(unknown)} entry(ies) of a type this version of Tutela "
+                "does not know (written by a newer one) left out: " + _show_list(unknown)
+            )
         if owners.missed:
             missed = sorted(owners.missed)
             context.progress.message(
@@ -1098,6 +1114,7 @@ class RestoreDirectory(Operation):
             "hard_links_as_files": len(unlinked),
             "owner_not_restored": len(owners.missed),
             "special_files_not_created": len(not_created),
+            "unknown_types": len(unknown),
         }
         if any(differences.values()):
             context.warn(
