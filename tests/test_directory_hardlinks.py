@@ -210,9 +210,8 @@ def test_names_on_another_file_system_are_written_as_files(make_provider, tmp_pa
     assert provider.checkpoints.get(cp.id).warnings == []  # the checkpoint is as it was
 
 
-def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
-    make_provider, tmp_path, env_config_dir, capsys
-):
+def protected_for_the_cli(make_provider, tmp_path, env_config_dir):
+    """The linked tree protected, and the CLI's config dir naming the same bank."""
     src = linked_tree(tmp_path / "src")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
@@ -221,6 +220,13 @@ def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
         f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
         f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
     )
+    return src, cp
+
+
+def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
+    make_provider, tmp_path, env_config_dir, capsys
+):
+    src, cp = protected_for_the_cli(make_provider, tmp_path, env_config_dir)
     params = tmp_path / "params.json"
     params.write_text(json.dumps({DIR: {"target": str(tmp_path / "clean")}}))
     assert main(["restore", cp.id, "--parameters", str(params), "-q"]) == 0
@@ -245,14 +251,7 @@ def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
 
 
 def test_ls_shows_which_name_is_a_link(make_provider, tmp_path, env_config_dir, capsys):
-    src = linked_tree(tmp_path / "src")
-    provider = make_provider()
-    cp = provider.protect([Resource(DIR, str(src))])
-    provider.close()
-    (env_config_dir / "p.conf").write_text(
-        f"[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
-        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\n"
-    )
+    _, cp = protected_for_the_cli(make_provider, tmp_path, env_config_dir)
     assert main(["checkpoints", "ls", cp.id, "--json"]) == 0
     listed = {e["path"]: e for e in json.loads(capsys.readouterr().out)}
     assert listed["c"]["link"] == listed["d/b"]["link"] == "a"
