@@ -237,9 +237,10 @@ def test_ls_shows_fifos_and_devices_as_ls_does(make_provider, tmp_path, env_conf
     assert null.startswith("c0620 ") and " 1, 3 " in null
 
 
-def pipe_retyped(make_provider, tmp_path, kind: str):
-    """A protected tree of a file `f` and a FIFO `pipe`, whose manifest entry is then given
-    type `kind`, as a manifest Tutela did not write (or a newer one did)."""
+def pipe_rewritten(make_provider, tmp_path, rewrite):
+    """A protected tree of a file `f` and a FIFO `pipe`, whose manifest entries are then
+    passed through `rewrite`, as a manifest Tutela did not write (or an older or newer one
+    did)."""
     from test_directory_restore_review import rewrite_manifest
 
     src = tmp_path / "src"
@@ -248,21 +249,26 @@ def pipe_retyped(make_provider, tmp_path, kind: str):
     make_fifo(src / "pipe")
     provider = make_provider()
     cp = provider.protect([Resource(DIR, str(src))])
+    rewrite_manifest(provider, cp, src, rewrite)
+    return provider, cp
 
-    def retyped(entries):
+
+def retyped(kind: str):
+    """A manifest rewrite giving the entry `pipe` the type `kind`."""
+
+    def rewrite(entries):
         for e in entries:
             if e["path"] == "pipe":
                 e["type"] = kind
         return entries
 
-    rewrite_manifest(provider, cp, src, retyped)
-    return provider, cp
+    return rewrite
 
 
 def test_a_device_entry_without_numbers_is_refused(make_provider, tmp_path):
     # A manifest Tutela did not write (no `rdev`): a clear error naming the entry, not a
     # device with numbers made up.
-    provider, cp = pipe_retyped(make_provider, tmp_path, "chardev")
+    provider, cp = pipe_rewritten(make_provider, tmp_path, retyped("chardev"))
     with pytest.raises(OperationFailed) as info:
         provider.restore(cp.id, {DIR: {"target": str(tmp_path / "out")}})
     assert "'pipe' is a device without a valid rdev" in str(info.value)
@@ -271,15 +277,9 @@ def test_a_device_entry_without_numbers_is_refused(make_provider, tmp_path):
 def test_a_checkpoint_from_before_special_files_restores_as_before(make_provider, tmp_path):
     # As an older Tutela wrote it: no FIFO in the manifest (it was `skipped`).  The restore
     # makes the tree without it, as it did then, and has nothing to warn about.
-    from test_directory_restore_review import rewrite_manifest
-
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f").write_text("f\n")
-    make_fifo(src / "pipe")
-    provider = make_provider()
-    cp = provider.protect([Resource(DIR, str(src))])
-    rewrite_manifest(provider, cp, src, lambda es: [e for e in es if e["type"] != "fifo"])
+    provider, cp = pipe_rewritten(
+        make_provider, tmp_path, lambda es: [e for e in es if e["type"] != "fifo"]
+    )
     out = tmp_path / "out"
     record = provider.restore(cp.id, {DIR: {"target": str(out)}})
     assert record.status == "success" and record.warnings == []
@@ -289,7 +289,7 @@ def test_a_checkpoint_from_before_special_files_restores_as_before(make_provider
 def test_an_entry_of_an_unknown_type_is_left_out_with_a_warning(make_provider, tmp_path):
     # As a newer Tutela might write it: a type this version does not know.  The rest of the
     # tree is restored, and the restore says how many entries it left out.
-    provider, cp = pipe_retyped(make_provider, tmp_path, "door")
+    provider, cp = pipe_rewritten(make_provider, tmp_path, retyped("door"))
     out = tmp_path / "out"
     record = provider.restore(cp.id, {DIR: {"target": str(out)}})
     assert record.status == "success"
