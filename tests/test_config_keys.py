@@ -1,16 +1,21 @@
-"""Each bank and plugin declares the sections of the provider file it reads and their keys
-(`config_keys`), and reads exactly what it declares."""
+"""The sections the banks and plugins read are checked like Tutela's own: a misspelt key or a
+section named nearly like theirs is an error naming the file and the key, never a silent
+default.  Each plugin declares its sections and keys (`config_keys`); these tests load real
+provider files the way `tutela providers` does."""
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from tutela import ProviderConfig, Resource
+from tutela import ProviderConfig, ProviderRegistry, Resource
 from tutela.bank.filesystem import FilesystemBank
 from tutela.bank.s3 import S3Bank
 from tutela.bank.swift import SwiftBank
+from tutela.cli import main
 from tutela.errors import ConfigError
 from tutela.plugin import Protectable, ProtectionPlugin
 from tutela.plugins import directory, group, mariadb, postgresql, sqlite
@@ -278,3 +283,225 @@ def test_a_plugin_reads_exactly_the_keys_it_declares(
 ):
     declared = {(s, k) for s, keys in DECLARERS[name][0].config_keys.items() for k in keys}
     assert _read_by(name, tmp_path, monkeypatch) == declared
+
+
+# -- the provider refuses what no plugin of it declares -------------------------------------
+
+
+#: (provider, section, a key, that key misspelt)
+TYPOS = [
+    ("filesystem", "filesystem_bank", "fsync", "fsnyc"),
+    ("swift", "swift_bank", "lease_validity_window", "lease_validity_windw"),
+    ("swift", "swift_bank", "key", "kee"),
+    ("s3", "s3_bank", "secret_key", "secret_kye"),
+    ("directory", "directory", "paths", "path"),
+    ("group", "group", "inventory", "inventroy"),
+    ("sqlite", "sqlite", "snapshot_dir", "snapshot_dri"),
+    ("postgresql", "postgresql", "exclude_databases", "exclude_databses"),
+    ("mariadb", "mariadb", "bin_dir", "bindir"),
+    ("openstack", "openstack", "password", "pasword"),
+]
+
+#: (provider, section, the section's name as misspelt)
+NEAR_SECTIONS = [
+    ("filesystem", "filesystem_bank", "filesystem-bank"),
+    ("filesystem", "filesystem_bank", "Filesystem_Bank"),
+    ("swift", "swift_bank", "swift bank"),
+    ("s3", "s3_bank", "S3_bank"),
+    ("directory", "directory", "Directory"),
+    ("group", "group", "groups"),
+    ("sqlite", "sqlite", "sqlite3"),
+    ("postgresql", "postgresql", "PostgreSQL"),
+    ("mariadb", "mariadb", "maria_db"),
+    ("openstack", "openstack", "open-stack"),
+]
+
+
+def provider_text(name: str, tmp: Path, sections: dict[str, dict[str, str]] | None = None) -> str:
+    bank, plugins, full = FULL[name]
+    lines = ["[provider]", f"id = {name}-1", f"bank = {bank}"]
+    lines += [f"plugin = {p}" for p in plugins]
+    every = {"filesystem_bank": {"root": "{tmp}/bank", "fsync": "false"}}
+    every.update(full)
+    every.update(sections or {})
+    if bank != "filesystem":
+        every.pop("filesystem_bank", None)
+    for section, values in every.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {v}" for k, v in values.items()]
+    return "\n".join(lines).replace("{tmp}", str(tmp)) + "\n"
+
+
+def load_one(folder: Path, name: str, text: str):
+    path = folder / f"{name}.conf"
+    path.write_text(text)
+    reg = ProviderRegistry.load()
+    return path, reg
+
+
+@pytest.mark.parametrize("name", sorted(FULL))
+def test_a_full_file_of_each_plugin_loads(name, env_config_dir, tmp_path, offline_object_stores):
+    """Every declared key, with a good value: accepted (and so is an unrelated section)."""
+    prepare(tmp_path)
+    text = provider_text(name, tmp_path) + "\n[notes]\nowner = ops team\n"
+    _, reg = load_one(env_config_dir, name, text)
+    assert not reg.errors, reg.errors
+    assert [p.id for p in reg.providers] == [f"{name}-1"]
+    reg.close()
+
+
+@pytest.mark.parametrize(("name", "section", "key", "typo"), TYPOS)
+def test_a_misspelt_key_of_a_plugin_section_is_refused(
+    name, section, key, typo, env_config_dir, tmp_path
+):
+    prepare(tmp_path)
+    values = dict(FULL[name][2][section])
+    del values[key]
+    values[typo] = SECRET  # a value never shows in the message
+    path, reg = load_one(env_config_dir, name, provider_text(name, tmp_path, {section: values}))
+    assert not reg.providers
+    [err] = reg.errors
+    assert err.path == str(path)
+    assert err.key == f"{section}.{typo}"
+    assert str(err) == f"{path}: [{section}] {typo}: unknown key; did you mean {key!r}?"
+    assert SECRET not in str(err)
+    # Refused before the bank was built: the filesystem bank did not create its root.
+    assert not (tmp_path / "bank").exists()
+
+
+@pytest.mark.parametrize(("name", "section", "near"), NEAR_SECTIONS)
+def test_a_section_named_nearly_like_a_plugin_section_is_refused(
+    name, section, near, env_config_dir, tmp_path
+):
+    prepare(tmp_path)
+    text = provider_text(name, tmp_path).replace(f"[{section}]", f"[{near}]")
+    path, reg = load_one(env_config_dir, name, text)
+    assert not reg.providers
+    [err] = reg.errors
+    assert err.key == near
+    assert str(err) == f"{path}: [{near}]: unknown section; did you mean [{section}]?"
+
+
+def test_sections_no_loaded_plugin_reads_are_left_alone(env_config_dir, tmp_path):
+    """`[notes]` is nobody's; `[postgresql]` is read by no plugin of this provider (a typo in it
+    cannot change what this provider does), and `[swift_bank]` by no bank of it."""
+    text = provider_text("directory", tmp_path) + textwrap.dedent(
+        """
+        [notes]
+        anything = goes
+
+        [postgresql]
+        exclude_databses = scratch
+
+        [swift_bank]
+        auth_ulr = http://x
+        """
+    )
+    _, reg = load_one(env_config_dir, "directory", text)
+    assert not reg.errors, reg.errors
+    assert [p.id for p in reg.providers] == ["directory-1"]
+
+
+def test_tutela_providers_shows_the_error_and_exits_non_zero(env_config_dir, tmp_path, capsys):
+    values = dict(FULL["filesystem"][2]["filesystem_bank"], fsnyc="false")
+    del values["fsync"]
+    path, _ = load_one(
+        env_config_dir,
+        "filesystem",
+        provider_text("filesystem", tmp_path, {"filesystem_bank": values}),
+    )
+    assert main(["providers"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: [filesystem_bank] fsnyc: unknown key; did you mean 'fsync'?" in out
+    assert main(["providers", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["providers"] == []
+    assert data["errors"] == [
+        {
+            "file": str(path),
+            "key": "filesystem_bank.fsnyc",
+            "message": f"{path}: [filesystem_bank] fsnyc: unknown key; did you mean 'fsync'?",
+        }
+    ]
+    assert main(["resources"]) == 1
+    assert "1 file(s) had errors (see `tutela providers`)" in capsys.readouterr().err
+
+
+# -- third-party plugins ---------------------------------------------------------------------
+
+
+class UndeclaredPlugin(ProtectionPlugin):
+    """A plugin that declares nothing: the sections it reads are not checked."""
+
+    def get_supported_resources_types(self):
+        return ["Acme::Queue"]
+
+
+class ExtraProtectable(Protectable):
+    """Made by `DeclaredPlugin.get_protectables()`: its section is known only then."""
+
+    config_keys = {"acme_extra": frozenset({"depth"})}
+
+    def get_resource_type(self):
+        return "Acme::Queue"
+
+
+class DeclaredPlugin(UndeclaredPlugin):
+    config_keys = {"acme": frozenset({"queues", "password"})}
+
+    def get_protectables(self):
+        return [ExtraProtectable(self.config)]
+
+
+class MalformedPlugin(UndeclaredPlugin):
+    config_keys = {"acme": "queues"}  # a string, not a set of key names
+
+
+class GreedyPlugin(UndeclaredPlugin):
+    config_keys = {"provider": frozenset({"acme"})}
+
+
+def third_party(tmp: Path, plugin: str, extra: str) -> str:
+    return (
+        f"[provider]\nid = acme-1\nbank = filesystem\nplugin = test_config_keys:{plugin}\n"
+        f"[filesystem_bank]\nroot = {tmp}/bank\n" + textwrap.dedent(extra)
+    )
+
+
+def test_a_plugin_that_declares_nothing_keeps_working(env_config_dir, tmp_path):
+    text = third_party(tmp_path, "UndeclaredPlugin", "[acme]\nqueue = a\n[Acme_Extra]\nx = 1\n")
+    _, reg = load_one(env_config_dir, "acme", text)
+    assert not reg.errors, reg.errors
+    assert reg.providers[0].resource_types == ["Acme::Queue"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ("[acme]\nqueues = a\npasswrd = " + SECRET, "acme.passwrd", "did you mean 'password'?"),
+        ("[acme-extra]\ndepth = 3", "acme-extra", "did you mean [acme_extra]?"),
+        ("[acme_extra]\ndept = 3", "acme_extra.dept", "did you mean 'depth'?"),
+    ],
+)
+def test_a_third_party_plugin_declaring_its_sections_is_checked(
+    extra, key, message, env_config_dir, tmp_path
+):
+    """Including the section of a protectable that only `get_protectables()` makes."""
+    path, reg = load_one(env_config_dir, "acme", third_party(tmp_path, "DeclaredPlugin", extra))
+    [err] = reg.errors
+    assert err.key == key and str(err).startswith(f"{path}: ") and str(err).endswith(message)
+    assert SECRET not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        ("MalformedPlugin", "MalformedPlugin.config_keys must map section names to sets"),
+        ("GreedyPlugin", "config_keys declares [provider], which is Tutela's own"),
+    ],
+)
+def test_a_wrong_declaration_is_the_plugin_s_error(plugin, message, env_config_dir, tmp_path):
+    _, reg = load_one(env_config_dir, "acme", third_party(tmp_path, plugin, ""))
+    [err] = reg.errors
+    assert err.key == "provider.plugin" and message in str(err)
+    assert f"test_config_keys:{plugin}" in str(err)
