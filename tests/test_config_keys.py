@@ -6,6 +6,7 @@ provider files the way `tutela providers` does."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tutela.plugin import Protectable, ProtectionPlugin
 from tutela.plugins import directory, group, mariadb, postgresql, sqlite
 from tutela.plugins.openstack import common, image, project, server, volume
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-secret"
 
 #: Provider name -> (bank, plugins, {section: every key it declares, with a good value}).
@@ -505,3 +507,32 @@ def test_a_wrong_declaration_is_the_plugin_s_error(plugin, message, env_config_d
     [err] = reg.errors
     assert err.key == "provider.plugin" and message in str(err)
     assert f"test_config_keys:{plugin}" in str(err)
+
+
+# -- the docs name every declared key -------------------------------------------------------
+
+
+DOCS = {
+    "filesystem_bank": "docs/banks.md",
+    "swift_bank": "docs/banks.md",
+    "s3_bank": "docs/banks.md",
+    "directory": "README.md",
+    "group": "README.md",
+    "sqlite": "docs/databases.md",
+    "postgresql": "docs/databases.md",
+    "mariadb": "docs/databases.md",
+    "openstack": "docs/openstack.md",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL))
+def test_every_declared_key_is_documented(name):
+    for section, keys in DECLARERS[name][0].config_keys.items():
+        text = (REPO / DOCS[section]).read_text(encoding="utf-8")
+        assert f"[{section}]" in text
+        missing = [
+            k
+            for k in sorted(keys)
+            if f"`{k}`" not in text and not re.search(rf"^{k}\s*=", text, re.M)
+        ]
+        assert not missing, f"{DOCS[section]} does not name {missing} of [{section}]"
