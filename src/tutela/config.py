@@ -2,7 +2,9 @@
 
 A provider file is INI.  `[provider]` holds `name`, `id`, `description`, `bank` (one) and
 `plugin` (repeated, one line per plugin); every other section belongs to the bank or to a
-plugin.  Relative paths are taken relative to the file's own folder.
+plugin, which declare the sections they read and their keys (`config_keys`), so that the
+provider refuses a misspelt key or section name.  Relative paths are taken relative to the
+file's own folder.
 """
 
 from __future__ import annotations
@@ -227,8 +229,9 @@ class ProviderConfig:
                 raise ConfigError(self.path, f"unknown key{hint}", f"{section}.{key}")
 
     def check_sections(self, reserved: Iterable[str]) -> None:
-        """Refuse a section named like one of Tutela's own (`reserved`) but not exactly: its
-        keys would be ignored without a word (`[contentstore]` for `[content_store]`)."""
+        """Refuse a section named like one of `reserved` but not exactly: its keys would be
+        ignored without a word (`[contentstore]` for `[content_store]`).  `reserved` is
+        Tutela's own sections, and those the provider's bank and plugins declare they read."""
         reserved = list(reserved)
         for name in self.sections():
             if name in reserved:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -113,3 +114,29 @@ def check_methods(obj: Any, methods: tuple[str, ...], what: str) -> None:
         raise PluginError(
             f"{cls.__module__}.{cls.__qualname__} is not a {what}: missing {', '.join(missing)}"
         )
+
+
+def declared_config_keys(obj: Any) -> dict[str, frozenset[str]]:
+    """The `config_keys` of a plugin, bank or protectable (class or instance): the sections of
+    the provider file it reads and the keys of each; {} when it declares none."""
+    declared = getattr(obj, "config_keys", None)
+    if declared is None:
+        return {}
+    if isinstance(declared, Mapping):
+        out: dict[str, frozenset[str]] = {}
+        for section, keys in declared.items():
+            if not (isinstance(section, str) and section) or isinstance(keys, str | bytes):
+                break
+            if not isinstance(keys, Iterable):
+                break
+            names = frozenset(keys)
+            if not all(isinstance(key, str) for key in names):
+                break
+            out[section] = names
+        else:
+            return out
+    cls = obj if inspect.isclass(obj) else type(obj)
+    raise PluginError(
+        f"{cls.__module__}.{cls.__qualname__}.config_keys must map section names to sets of "
+        "key names"
+    )

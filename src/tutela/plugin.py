@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from tutela.errors import ObjectNotFound, PluginError
 from tutela.resource import Resource
@@ -137,6 +137,12 @@ class ProtectionPlugin:
     Constructed with the provider's `ProviderConfig` (plugins read their own sections).
     """
 
+    #: The provider-file sections this plugin reads and the keys of each, e.g.
+    #: `{"acme": frozenset({"queues", "timeout"})}`.  The provider refuses any other key of a
+    #: declared section, and a section named nearly like one (`[Acme]`, `[acme-queue]` for
+    #: `[acme_queue]`), naming the file and the key; a section nobody declares is left alone.
+    config_keys: ClassVar[dict[str, frozenset[str]]] = {}
+
     def __init__(self, config=None):
         self.config = config
 
@@ -172,6 +178,9 @@ class ProtectionPlugin:
 
 class Protectable:
     """What resources of one type exist, and which resources each depends on."""
+
+    #: The sections and keys this protectable reads, as for `ProtectionPlugin.config_keys`.
+    config_keys: ClassVar[dict[str, frozenset[str]]] = {}
 
     def __init__(self, config=None):
         self.config = config

@@ -45,6 +45,7 @@ from tutela.loader import (
     PROTECTABLE_METHODS,
     PROTECTION_GROUP,
     check_methods,
+    declared_config_keys,
     entry_points,
     instantiate,
     load_class,
@@ -71,6 +72,9 @@ PROVIDER_KEYS = frozenset(
         "status_retry_seconds",
     }
 )
+
+#: The sections Tutela itself reads; no plugin may declare them in its `config_keys`.
+TUTELA_SECTIONS = ("provider", CONTENT_STORE_SECTION)
 
 SCHEMA_GETTERS = {
     "protect": "get_options_schema",
@@ -144,7 +148,7 @@ class Provider:
         if not config.has_section("provider"):
             raise ConfigError(path, "has no [provider] section")
         config.check_keys("provider", PROVIDER_KEYS)
-        config.check_sections(["provider", CONTENT_STORE_SECTION])
+        config.check_sections(TUTELA_SECTIONS)
         if config.has_section(CONTENT_STORE_SECTION):
             # Checked now, not at the first protect: a wrong value must show in `tutela
             # providers`, not as a failed checkpoint.  (Imported only then: the store's
@@ -170,11 +174,32 @@ class Provider:
                 path, "is required (at least one protection plugin)", "provider.plugin"
             )
 
+        # Every class first: the sections they declare are checked before any of them is built
+        # (a bank may create its root or containers, a plugin read an inventory: a misspelt
+        # key must be refused before that, not after).
+        plugin_classes = [
+            (ref, cls._load_class(config, ref, PROTECTION_GROUP, "provider.plugin"))
+            for ref in plugin_refs
+        ]
+        bank_class = cls._load_class(config, bank_refs[0], BANK_GROUP, "provider.bank")
+        protectable_classes = [
+            (ref, cls._load_class(config, ref, PROTECTABLE_GROUP, "provider.protectable"))
+            for ref in cls._protectable_refs(config, plugin_refs)
+        ]
+        declared = cls._check_plugin_sections(
+            config,
+            [
+                *((ref, "provider.plugin", c) for ref, c in plugin_classes),
+                (bank_refs[0], "provider.bank", bank_class),
+                *((ref, "provider.protectable", c) for ref, c in protectable_classes),
+            ],
+        )
+
         plugins: list[tuple[str, Any]] = []
         owner: dict[str, str] = {}
-        for ref in plugin_refs:
+        for ref, plugin_class in plugin_classes:
             try:
-                plugin = instantiate(load_class(ref, PROTECTION_GROUP), config)
+                plugin = instantiate(plugin_class, config)
                 check_methods(plugin, PLUGIN_METHODS, "protection plugin")
                 types = list(plugin.get_supported_resources_types())
             except ConfigError:
@@ -193,7 +218,7 @@ class Provider:
                 owner[t] = ref
             plugins.append((ref, plugin))
 
-        protectables = cls._load_protectables(config, plugin_refs, plugins, owner)
+        protectables = cls._load_protectables(config, protectable_classes, plugins, owner)
         executor = config.get("provider", "executor") or "serial"
         max_workers = config.get_int("provider", "max_workers")
         options = {}
@@ -206,12 +231,28 @@ class Provider:
             raise ConfigError(path, str(exc), "provider.executor") from None
 
         try:
-            bank_plugin = instantiate(load_class(bank_refs[0], BANK_GROUP), config)
+            bank_plugin = instantiate(bank_class, config)
             check_methods(bank_plugin, BANK_METHODS, "bank plugin")
         except ConfigError:
             raise
         except TutelaError as exc:
             raise ConfigError(path, f"{bank_refs[0]}: {exc}", "provider.bank") from None
+        # What only the objects say: an instance's own `config_keys`, and the protectables
+        # that a plugin's `get_protectables()` made.
+        named = {ref for ref, _ in protectable_classes}
+        cls._check_plugin_sections(
+            config,
+            [
+                *((ref, "provider.plugin", p) for ref, p in plugins),
+                (bank_refs[0], "provider.bank", bank_plugin),
+                *(
+                    # Those of get_protectables() come with a plugin.
+                    (ref, "provider.protectable" if ref in named else "provider.plugin", p)
+                    for ref, p in protectables
+                ),
+            ],
+            already=declared,
+        )
         return cls(
             config,
             id=pid,
@@ -224,24 +265,69 @@ class Provider:
         )
 
     @staticmethod
+    def _load_class(config: ProviderConfig, ref: str, group: str, key: str) -> type:
+        try:
+            return load_class(ref, group)
+        except ConfigError:
+            raise
+        except TutelaError as exc:
+            raise ConfigError(config.path, f"{ref}: {exc}", key) from None
+
+    @staticmethod
+    def _check_plugin_sections(
+        config: ProviderConfig,
+        declarers: list[tuple[str, str, Any]],
+        already: dict[str, frozenset[str]] | None = None,
+    ) -> dict[str, frozenset[str]]:
+        """Check the sections that the bank, plugins and protectables declare they read (their
+        `config_keys`, classes or objects): a key none of them declares is refused, and so is
+        a section named nearly like one of them.  Sections nobody declares are left alone
+        (a third-party plugin may declare nothing).  Returns what is declared."""
+        declared: dict[str, set[str]] = {s: set(keys) for s, keys in (already or {}).items()}
+        for ref, key, declarer in declarers:
+            try:
+                found = declared_config_keys(declarer)
+            except TutelaError as exc:
+                raise ConfigError(config.path, f"{ref}: {exc}", key) from None
+            for section, keys in found.items():
+                if section in TUTELA_SECTIONS:
+                    raise ConfigError(
+                        config.path,
+                        f"{ref}: config_keys declares [{section}], which is Tutela's own",
+                        key,
+                    )
+                declared.setdefault(section, set()).update(keys)
+        result = {section: frozenset(keys) for section, keys in declared.items()}
+        if result != already:
+            config.check_sections([*TUTELA_SECTIONS, *sorted(result)])
+            for section in config.sections():
+                if section in result:
+                    config.check_keys(section, result[section])
+        return result
+
+    @staticmethod
+    def _protectable_refs(config: ProviderConfig, plugin_refs: list[str]) -> list[str]:
+        """The `tutela.protectables` entry points named like the provider's plugin entry
+        points, then the `protectable` keys of [provider]."""
+        installed = {ep.name for ep in entry_points(group=PROTECTABLE_GROUP)}
+        refs = [ref for ref in plugin_refs if ref in installed]
+        refs.extend(config.get_list("provider", "protectable"))
+        return refs
+
+    @staticmethod
     def _load_protectables(
         config: ProviderConfig,
-        plugin_refs: list[str],
+        protectable_classes: list[tuple[str, type]],
         plugins: list[tuple[str, Any]],
         owner: dict[str, str],
     ) -> list[tuple[str, Any]]:
-        """Protectables: the `tutela.protectables` entry points named like the provider's
-        plugin entry points, the `protectable` keys of [provider], and whatever a plugin
-        offers through an optional `get_protectables()`."""
+        """Protectables: those of `_protectable_refs` (their classes loaded), and whatever a
+        plugin offers through an optional `get_protectables()`."""
         path = config.path
-        refs: list[str] = []
-        installed = {ep.name for ep in entry_points(group=PROTECTABLE_GROUP)}
-        refs.extend(ref for ref in plugin_refs if ref in installed)
-        refs.extend(config.get_list("provider", "protectable"))
         found: list[tuple[str, Any]] = []
-        for ref in refs:
+        for ref, protectable_class in protectable_classes:
             try:
-                protectable = instantiate(load_class(ref, PROTECTABLE_GROUP), config)
+                protectable = instantiate(protectable_class, config)
                 check_methods(protectable, PROTECTABLE_METHODS, "protectable")
             except ConfigError:
                 raise

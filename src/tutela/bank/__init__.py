@@ -16,11 +16,12 @@ import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from tutela.errors import InvalidKeyError, LeaseError, ObjectNotFound, ReadOnlyError
 
 __all__ = [
+    "LEASE_KEYS",
     "OWNER_LEASE",
     "Bank",
     "BankPlugin",
@@ -44,6 +45,9 @@ def lease_name(plugin: BankPlugin, name: str | None) -> str:
     """The concrete lease name: `name`, or this owner's liveness lease when None."""
     return name if name is not None else f"owner-{plugin.get_owner_id()}"
 
+
+#: The lease timing keys every shipped bank reads from its section (see `BankPlugin`).
+LEASE_KEYS = frozenset({"lease_expire_window", "lease_renew_window", "lease_validity_window"})
 
 MAX_KEY_LENGTH = 1024
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -123,6 +127,9 @@ class BankPlugin(ABC):
 
     #: Config section this bank reads (documented by each bank).
     config_section: str = ""
+    #: The sections this bank reads and their keys (`{config_section: frozenset({...})}`), as
+    #: for `tutela.ProtectionPlugin.config_keys`: the provider refuses any other key there.
+    config_keys: ClassVar[dict[str, frozenset[str]]] = {}
 
     @abstractmethod
     def update_object(self, key: str, value: bytes | str) -> None: ...

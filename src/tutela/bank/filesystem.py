@@ -30,6 +30,7 @@ from typing import BinaryIO
 import platformdirs
 
 from tutela.bank import (
+    LEASE_KEYS,
     OWNER_LEASE,
     STREAM_CHUNK,
     BankPlugin,
@@ -44,6 +45,8 @@ from tutela.config import ProviderConfig
 from tutela.errors import BankError, InvalidKeyError, LeaseError, ObjectNotFound
 
 SECTION = "filesystem_bank"
+#: Every key of `[filesystem_bank]` (the module docstring says what each means).
+FILESYSTEM_KEYS = frozenset({"root", "fsync"}) | LEASE_KEYS
 _TMP_MARK = ".tutela-tmp-"
 #: Objects at least this large written in one piece get their space allocated first.
 PREALLOCATE_FROM = 1 << 20
@@ -84,6 +87,7 @@ _direct_buffer = _DirectBuffer()
 
 class FilesystemBank(BankPlugin):
     config_section = SECTION
+    config_keys = {SECTION: FILESYSTEM_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options):
         config = config or ProviderConfig.from_dict({})

@@ -56,17 +56,31 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, config, section: str, options: dict) -> RetryPolicy:
-        def pick(name: str, default: float) -> float:
-            if options.get(name) is not None:
-                return float(options[name])
-            return float(config.get_float(section, name, default))
+        """The `RETRY_KEYS` of `section`, keyword `options` first; defaults as above."""
 
+        def pick(key: str, field: str) -> float:
+            if options.get(key) is not None:
+                return float(options[key])
+            return float(config.get_float(section, key, getattr(cls, field)))
+
+        picked = {field: pick(key, field) for key, field in _RETRY_FIELDS.items()}
         return cls(
-            attempts=max(1, int(pick("retry_attempts", cls.attempts))),
-            initial=pick("retry_initial_wait", cls.initial),
-            max_wait=pick("retry_max_wait", cls.max_wait),
-            deadline=pick("retry_deadline", cls.deadline),
+            attempts=max(1, int(picked["attempts"])),
+            initial=picked["initial"],
+            max_wait=picked["max_wait"],
+            deadline=picked["deadline"],
         )
+
+
+#: A bank section's retry keys -> the `RetryPolicy` field each sets.
+_RETRY_FIELDS = {
+    "retry_attempts": "attempts",
+    "retry_initial_wait": "initial",
+    "retry_max_wait": "max_wait",
+    "retry_deadline": "deadline",
+}
+#: The retry keys an object-store bank reads from its section (`RetryPolicy.from_config`).
+RETRY_KEYS = frozenset(_RETRY_FIELDS)
 
 
 class Transient(Exception):

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tutela.bank import (
+    LEASE_KEYS,
     STREAM_CHUNK,
     BankPlugin,
     ensure_bytes,
@@ -50,6 +51,7 @@ from tutela.bank import (
     validate_key,
 )
 from tutela.bank.retry import (
+    RETRY_KEYS,
     LeasedStore,
     LeaseProtocol,
     LeaseRecord,
@@ -63,6 +65,29 @@ from tutela.config import ProviderConfig
 from tutela.errors import BankError, InvalidKeyError, ObjectNotFound
 
 SECTION = "s3_bank"
+#: Every key of `[s3_bank]`; `Options` reads no other, the provider accepts no other.
+S3_KEYS = (
+    frozenset(
+        {
+            "bucket",
+            "prefix",
+            "endpoint_url",
+            "region",
+            "addressing_style",
+            "access_key",
+            "secret_key",
+            "session_token",
+            "part_size",
+            "spool_memory",
+            "spool_dir",
+            "timeout",
+            "conditional_writes",
+            "lease_settle_time",
+        }
+    )
+    | LEASE_KEYS
+    | RETRY_KEYS
+)
 LOG = logging.getLogger(__name__)
 MIN_PART = 5 << 20
 _TRANSIENT_CODES = {
@@ -93,13 +118,14 @@ def _md5_b64(hexdigest: str) -> str:
 
 class S3Bank(LeasedStore, BankPlugin):
     config_section = SECTION
+    config_keys = {SECTION: S3_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
         import boto3
         from botocore.config import Config
 
         config = config or ProviderConfig.from_dict({})
-        opt = Options(config, SECTION, options)
+        opt = Options(config, SECTION, options, S3_KEYS)
         self.bucket = opt.get("bucket", "tutela") or "tutela"
         prefix = (opt.get("prefix", "") or "").strip("/")
         if prefix:

@@ -2,9 +2,11 @@
 
 Section `[swift_bank]`:
 - `auth_url` (required), `user`, `key`: TempAuth / v1 credentials (`auth_version = 1`, default).
-- Keystone v3: `auth_version = 3`, `project_name` (or `tenant_name`), `user_domain_name`,
-  `project_domain_name` (both default `Default`), `region_name` (or `region`), `interface`
-  (default `public`); needs python-keystoneclient installed.  `cacert`, `insecure` for TLS.
+- Keystone v3: `auth_version = 3`, `project_name` (or `tenant_name`) or `project_id` (or
+  `tenant_id`), `user_domain_name`, `project_domain_name` (both default `Default`) or
+  `user_domain_id`, `project_domain_id`, `region_name` (or `region`), `interface` (or
+  `endpoint_type`, default `public`); needs python-keystoneclient installed.  `cacert`,
+  `insecure` for TLS.
 - `container` (default `tutela`), created if missing, with `<container>_segments` (large-object
   segments) and `<container>_leases` beside it.
 - `segment_size` (bytes, K/M/G suffixes allowed, default 256M): values larger than this are
@@ -39,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from tutela.bank import (
+    LEASE_KEYS,
     STREAM_CHUNK,
     BankPlugin,
     ensure_bytes,
@@ -47,6 +50,7 @@ from tutela.bank import (
     validate_key,
 )
 from tutela.bank.retry import (
+    RETRY_KEYS,
     LeasedStore,
     LeaseProtocol,
     LeaseRecord,
@@ -56,9 +60,43 @@ from tutela.bank.retry import (
     checked_range,
 )
 from tutela.config import ProviderConfig
-from tutela.errors import BankError, InvalidKeyError, ObjectNotFound
+from tutela.errors import BankError, InvalidKeyError, ObjectNotFound, PluginError
 
 SECTION = "swift_bank"
+#: Keystone options of the section (name, alias), passed on to swiftclient's `os_options`.
+KEYSTONE_OPTIONS = (
+    ("project_name", "tenant_name"),
+    ("project_id", "tenant_id"),
+    ("user_domain_name", None),
+    ("project_domain_name", None),
+    ("user_domain_id", None),
+    ("project_domain_id", None),
+    ("region_name", "region"),
+    ("interface", "endpoint_type"),
+)
+#: Every key of `[swift_bank]`; `Options` reads no other, the provider accepts no other.
+SWIFT_KEYS = (
+    frozenset(
+        {
+            "auth_url",
+            "user",
+            "key",
+            "auth_version",
+            "cacert",
+            "insecure",
+            "container",
+            "segment_size",
+            "max_segments",
+            "spool_memory",
+            "spool_dir",
+            "timeout",
+            "lease_settle_time",
+        }
+    )
+    | {name for pair in KEYSTONE_OPTIONS for name in pair if name}
+    | LEASE_KEYS
+    | RETRY_KEYS
+)
 LOG = logging.getLogger(__name__)
 _IO_CHUNK = 1 << 20
 
@@ -76,29 +114,46 @@ def parse_size(value: str | int | None, default: int) -> int:
 
 
 class Options:
-    """Reads a bank's options: keyword arguments first, then the config section."""
+    """Reads a bank's options: keyword arguments first, then the config section.  Only the
+    `known` keys (what the bank declares in `config_keys`) may be read: the provider refuses
+    every other key of the section, so reading one would be a bank bug."""
 
-    def __init__(self, config: ProviderConfig, section: str, options: dict[str, Any]):
+    def __init__(
+        self,
+        config: ProviderConfig,
+        section: str,
+        options: dict[str, Any],
+        known: frozenset[str],
+    ):
         self.config = config
         self.section = section
         self.options = options
+        self.known = known
+
+    def _known(self, name: str) -> None:
+        if name not in self.known:
+            raise PluginError(f"the bank reads [{self.section}] {name}, which it does not declare")
 
     def get(self, name: str, default: str | None = None) -> str | None:
+        self._known(name)
         if self.options.get(name) is not None:
             return str(self.options[name])
         return self.config.get(self.section, name, default)
 
     def float(self, name: str, default: float) -> float:
+        self._known(name)
         if self.options.get(name) is not None:
             return float(self.options[name])
         return float(self.config.get_float(self.section, name, default))
 
     def int(self, name: str, default: int) -> int:
+        self._known(name)
         if self.options.get(name) is not None:
             return int(self.options[name])
         return int(self.config.get_int(self.section, name, default))
 
     def bool(self, name: str, default: bool) -> bool:
+        self._known(name)
         if self.options.get(name) is not None:
             return bool(self.options[name])
         return self.config.get_bool(self.section, name, default)
@@ -190,10 +245,11 @@ def is_broken_read(exc: BaseException) -> bool:
 
 class SwiftBank(LeasedStore, BankPlugin):
     config_section = SECTION
+    config_keys = {SECTION: SWIFT_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
         config = config or ProviderConfig.from_dict({})
-        opt = Options(config, SECTION, options)
+        opt = Options(config, SECTION, options, SWIFT_KEYS)
         self.auth_url = opt.get("auth_url") or config.require(SECTION, "auth_url")
         self.user = opt.get("user")
         self._key = opt.get("key")
@@ -211,16 +267,7 @@ class SwiftBank(LeasedStore, BankPlugin):
         self.expire_window, self.renew_window, self.validity_window = opt.lease_windows()
         self.retry = RetryPolicy.from_config(config, SECTION, options)
         os_options: dict[str, str] = {}
-        for name, alias in (
-            ("project_name", "tenant_name"),
-            ("project_id", "tenant_id"),
-            ("user_domain_name", None),
-            ("project_domain_name", None),
-            ("user_domain_id", None),
-            ("project_domain_id", None),
-            ("region_name", "region"),
-            ("interface", "endpoint_type"),
-        ):
+        for name, alias in KEYSTONE_OPTIONS:
             value = opt.get(name) or (opt.get(alias) if alias else None)
             if value:
                 os_options[name] = value

@@ -378,6 +378,18 @@ class DatabaseConfig:
     database_type: ClassVar[str]
     server_class: ClassVar[type[DatabaseServer]]
     system_databases: ClassVar[frozenset[str]] = frozenset()
+    #: The keys of the section that `__init__` reads, besides `bin_dir_option`.
+    keys: ClassVar[tuple[str, ...]] = (
+        "servers",
+        "password_file",
+        "include_databases",
+        "exclude_databases",
+    )
+
+    @classmethod
+    def declared_keys(cls) -> dict[str, frozenset[str]]:
+        """The section and its keys, as the plugin and its protectables declare them."""
+        return {cls.section: frozenset({*cls.keys, cls.bin_dir_option})}
 
     def __init__(self, config):
         self.config = config
@@ -451,6 +463,11 @@ class DatabaseConfig:
 
 class _ConfigProtectable(Protectable):
     config_class: ClassVar[type[DatabaseConfig]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.config_keys = cls.config_class.declared_keys()
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -675,6 +692,11 @@ class ServerDatabasePlugin(ProtectionPlugin):
     protect_operations: ClassVar[tuple[type[Operation], type[Operation]]]
     restore_operations: ClassVar[tuple[type[Operation], type[Operation]]]
     delete_operation: ClassVar[type[Operation]] = DeleteDumps
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.config_keys = cls.config_class.declared_keys()
 
     def __init__(self, config=None):
         super().__init__(config)

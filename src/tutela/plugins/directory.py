@@ -55,6 +55,9 @@ from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 TYPE = "Tutela::Directory"
+SECTION = "directory"
+#: The keys of `[directory]`, declared by the plugin and its protectable.
+CONFIG_KEYS = {SECTION: frozenset({"paths"})}
 #: Files restored at once.
 RESTORE_THREADS = 2
 #: Small files are handed to the restore threads in batches of up to this many files / bytes.
@@ -201,6 +204,8 @@ def local_path(resource: Resource) -> str:
 
 
 class DirectoryProtectable(Protectable):
+    config_keys = CONFIG_KEYS
+
     def get_resource_type(self) -> str:
         return TYPE
 
@@ -208,7 +213,7 @@ class DirectoryProtectable(Protectable):
         return []
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
-        paths = self.config.get_list("directory", "paths") if self.config else []
+        paths = self.config.get_list(SECTION, "paths") if self.config else []
         return [self.show_resource(context, p) for p in paths]
 
     def show_resource(self, context, resource_id: str) -> Resource:
@@ -1259,6 +1264,8 @@ class DeleteDirectory(Operation):
 
 
 class DirectoryProtectionPlugin(ProtectionPlugin):
+    config_keys = CONFIG_KEYS
+
     def get_supported_resources_types(self) -> list[str]:
         return [TYPE]
 

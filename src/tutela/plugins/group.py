@@ -32,6 +32,9 @@ from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 TYPE = "Tutela::Group"
+SECTION = "group"
+#: The keys of `[group]`, declared by the plugin and its protectable.
+CONFIG_KEYS = {SECTION: frozenset({"inventory"})}
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -56,7 +59,7 @@ class Inventory:
     """The parsed inventory: group id -> definition."""
 
     def __init__(self, config):
-        self.path: Path | None = config.get_path("group", "inventory") if config else None
+        self.path: Path | None = config.get_path(SECTION, "inventory") if config else None
         self.config_path = config.path if config else "<none>"
         self.groups: dict[str, dict[str, Any]] = {}
         if self.path is None:
@@ -119,6 +122,8 @@ class Inventory:
 
 
 class GroupProtectable(Protectable):
+    config_keys = CONFIG_KEYS
+
     def __init__(self, config=None):
         super().__init__(config)
         self.inventory = Inventory(config)
@@ -209,6 +214,8 @@ class ProtectGroup(Operation):
 
 
 class GroupProtectionPlugin(ProtectionPlugin):
+    config_keys = CONFIG_KEYS
+
     def __init__(self, config=None):
         super().__init__(config)
         self.inventory = Inventory(config)

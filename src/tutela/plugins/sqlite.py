@@ -42,6 +42,9 @@ from tutela.plugin import Operation, Protectable, ProtectionPlugin
 from tutela.resource import Resource
 
 TYPE = "Tutela::SQLite"
+SECTION = "sqlite"
+#: The keys of `[sqlite]`, declared by the plugin and its protectable.
+CONFIG_KEYS = {SECTION: frozenset({"paths", "snapshot_dir"})}
 DIRECTORY_TYPE = "Tutela::Directory"
 HEADER = b"SQLite format 3\x00"
 #: Files SQLite keeps next to a database; never databases themselves.
@@ -113,6 +116,8 @@ def _quote_path(path: str) -> str:
 
 
 class SQLiteProtectable(Protectable):
+    config_keys = CONFIG_KEYS
+
     def get_resource_type(self) -> str:
         return TYPE
 
@@ -120,7 +125,7 @@ class SQLiteProtectable(Protectable):
         return [DIRECTORY_TYPE]
 
     def list_resources(self, context, parameters=None) -> list[Resource]:
-        paths = self.config.get_list("sqlite", "paths") if self.config else []
+        paths = self.config.get_list(SECTION, "paths") if self.config else []
         return [self.show_resource(context, p) for p in paths]
 
     def show_resource(self, context, resource_id: str) -> Resource:
@@ -316,6 +321,8 @@ class DeleteSQLite(Operation):
 
 
 class SQLiteProtectionPlugin(ProtectionPlugin):
+    config_keys = CONFIG_KEYS
+
     def get_supported_resources_types(self) -> list[str]:
         return [TYPE]
 
@@ -333,7 +340,7 @@ class SQLiteProtectionPlugin(ProtectionPlugin):
         return SAVED_INFO_SCHEMA
 
     def get_protect_operation(self, resource: Resource) -> Operation:
-        folder = self.config.get_path("sqlite", "snapshot_dir") if self.config else None
+        folder = self.config.get_path(SECTION, "snapshot_dir") if self.config else None
         return ProtectSQLite(str(folder) if folder else None)
 
     def get_restore_operation(self, resource: Resource) -> Operation:

@@ -51,6 +51,23 @@ AUTH_KEYS = (
     "project_domain_name",
     "project_domain_id",
 )
+#: Every key of `[openstack]`, declared by the four plugins and their protectables.
+CONFIG_KEYS = {
+    SECTION: frozenset(
+        {
+            *AUTH_KEYS,
+            "password",
+            "password_file",
+            "region_name",
+            "cloud",
+            "clouds_file",
+            "verify",
+            "cacert",
+            "timeout",
+            "poll_interval",
+        }
+    )
+}
 GiB = 1 << 30
 
 
@@ -340,6 +357,7 @@ class OpenStackPlugin(ProtectionPlugin):
     protect_operation: type[Operation]
     restore_operation: type[Operation]
     delete_operation: type[Operation] = DeleteSection
+    config_keys = CONFIG_KEYS
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -376,6 +394,7 @@ class OpenStackProtectable(Protectable):
 
     resource_type: str
     parent_types: tuple[str, ...] = ()
+    config_keys = CONFIG_KEYS
 
     def __init__(self, config=None):
         super().__init__(config)
