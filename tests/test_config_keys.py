@@ -25,6 +25,19 @@ from tutela.plugins.openstack import common, image, project, server, volume
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-secret"
 
+#: The keys the Swift and S3 banks share (timeouts, retries, leases), with valid values.
+OBJECT_STORE_COMMON = {
+    "timeout": "2",
+    "retry_attempts": "1",
+    "retry_initial_wait": "0.1",
+    "retry_max_wait": "0.1",
+    "retry_deadline": "2",
+    "lease_expire_window": "120",
+    "lease_renew_window": "30",
+    "lease_validity_window": "100",
+    "lease_settle_time": "1.0",
+}
+
 #: Provider name -> (bank, plugins, {section: every key it declares, with a good value}).
 #: `{tmp}` is the test's folder.
 FULL: dict[str, tuple[str, list[str], dict[str, dict[str, str]]]] = {
@@ -69,15 +82,7 @@ FULL: dict[str, tuple[str, list[str], dict[str, dict[str, str]]]] = {
                 "max_segments": "1000",
                 "spool_memory": "4M",
                 "spool_dir": "{tmp}",
-                "timeout": "2",
-                "retry_attempts": "1",
-                "retry_initial_wait": "0.1",
-                "retry_max_wait": "0.1",
-                "retry_deadline": "2",
-                "lease_expire_window": "120",
-                "lease_renew_window": "30",
-                "lease_validity_window": "100",
-                "lease_settle_time": "1.0",
+                **OBJECT_STORE_COMMON,
             }
         },
     ),
@@ -97,15 +102,7 @@ FULL: dict[str, tuple[str, list[str], dict[str, dict[str, str]]]] = {
                 "part_size": "64M",
                 "spool_memory": "4M",
                 "spool_dir": "{tmp}",
-                "timeout": "2",
-                "retry_attempts": "1",
-                "retry_initial_wait": "0.1",
-                "retry_max_wait": "0.1",
-                "retry_deadline": "2",
-                "lease_expire_window": "120",
-                "lease_renew_window": "30",
-                "lease_validity_window": "100",
-                "lease_settle_time": "1.0",
+                **OBJECT_STORE_COMMON,
                 "conditional_writes": "auto",
             }
         },
