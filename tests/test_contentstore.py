@@ -34,6 +34,7 @@ from tutela.contentstore import (
     WrongPasswordError,
     parse_size,
 )
+from tutela.contentstore import native as contentstore_native
 from tutela.contentstore.index import Index
 from tutela.errors import ConfigError, TutelaError
 
@@ -155,10 +156,16 @@ def test_altered_chunk_list_is_caught(bank: Bank, tmp_path: Path) -> None:
             FileRef.from_json({**ref.to_json(), "digest_of": "sha1"})
 
 
-def test_local_files_are_read_on_the_workers(bank: Bank, tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_local_files_are_read_on_the_workers(
+    bank: Bank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: str
+) -> None:
     """Small `LocalFile`s are read by the pool: same refs as a plain path, the fstat taken
     after the read recorded, an empty file, a file grown past one chunk since it was listed,
-    and a vanished file's error raised in order."""
+    and a vanished file's error raised in order; in C (`native.py`) and in Python alike."""
+    if native == "1" and not contentstore_native.wanted():
+        pytest.skip("the C part of the content store is not built")
+    monkeypatch.setenv("TUTELA_NATIVE", native)
     files = {
         "empty": b"",
         "tiny": b"x",

@@ -32,6 +32,7 @@ import platformdirs
 
 from tutela.bank import BankSection
 from tutela.config import CONTENT_STORE_SECTION, ProviderConfig
+from tutela.contentstore import native
 from tutela.contentstore.chunker import Chunker, ChunkerParams, MiB, parse_size, read_upto
 from tutela.contentstore.crypto import ALGORITHMS, DecryptError, Keys
 from tutela.contentstore.errors import (
@@ -451,6 +452,18 @@ class ContentStore:
         self._packs_lock = threading.Lock()
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tutela-cs")
+        self._small = (
+            native.SmallFiles(
+                keys,
+                settings.compression,
+                settings.compression_level,
+                self.params.min_size,
+                _TooBig,
+                self._prepare_file,
+            )
+            if native.wanted()
+            else None
+        )
         self._inflight = 256  # chunks in flight (small files)
         self._inflight_bytes = 4 * self.params.max_size  # ... and their bytes (large ones)
         self._lock = threading.RLock()  # the open pack, pending set, stats
@@ -946,34 +959,40 @@ class ContentStore:
     def _prepare_files(self, files: list[LocalFile]) -> list[Any]:
         """Worker-thread part for small files: read each (open, read, fstat, close) and
         prepare its one chunk.  Per file: a `_Prepared`, None (empty), `_TooBig`, or the
-        exception to raise on the caller's thread, in order."""
-        out: list[Any] = []
+        exception to raise on the caller's thread, in order.  In C when it is built
+        (`native.py`): a batch per call, without the interpreter lock."""
+        if self._small is not None:
+            return self._small.prepare(files, self._known)
+        return [self._prepare_file(f) for f in files]
+
+    def _known(self, cid: bytes) -> bool:
+        return cid in self._index or cid in self._pending
+
+    def _prepare_file(self, f: LocalFile) -> Any:
+        """`_prepare_files` for one file, in Python."""
         limit = self.params.min_size
-        for f in files:
+        try:
+            # O_NONBLOCK: a FIFO put in a file's place fails instead of hanging.
+            fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
-                # O_NONBLOCK: a FIFO put in a file's place fails instead of hanging.
-                fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                try:
-                    data = os.read(fd, f.size + 1)
+                data = os.read(fd, f.size + 1)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "no longer a regular file", f.path)
+                if len(data) != st.st_size:  # it changed since the walk: read to its end
+                    rest = limit + 1 - len(data)  # (one byte past a chunk tells "too big")
+                    data += read_upto(functools.partial(os.read, fd), rest, rest)
                     st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode):
-                        raise OSError(errno.EINVAL, "no longer a regular file", f.path)
-                    if len(data) != st.st_size:  # it changed since the walk: read to its end
-                        rest = limit + 1 - len(data)  # (one byte past a chunk tells "too big")
-                        data += read_upto(functools.partial(os.read, fd), rest, rest)
-                        st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                f.stat = st
-                if len(data) > limit:
-                    out.append(_TooBig)
-                elif data:
-                    out.append(self._prepare(data))
-                else:
-                    out.append(None)
-            except Exception as exc:
-                out.append(exc)
-        return out
+            finally:
+                os.close(fd)
+            f.stat = st
+            if len(data) > limit:
+                return _TooBig
+            if data:
+                return self._prepare(data)
+            return None
+        except Exception as exc:
+            return exc
 
     def write_bytes(self, data: bytes) -> FileRef:
         return self.write([data])
