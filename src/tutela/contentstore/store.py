@@ -831,7 +831,8 @@ class ContentStore:
         """
         self._check_usable()
         self._ensure_lock()
-        # (file, batch, index in batch); batch None marks the end of a file.
+        # (file, batch, index in batch); batch None marks the end of a chunked file (a small
+        # file's one entry is its end too).
         window: deque[tuple[_Pending, _Batch | None, int]] = deque()
         chunks: _Batch | None = None  # small chunks go to the pool together: fewer hops
         files: _Batch | None = None  # ... and so do small files, read there
@@ -890,7 +891,8 @@ class ContentStore:
             elif prepared is not None:  # None: an empty file
                 state.size = len(prepared[1])
                 self._commit(*prepared, state.chunks)
-            return None
+            # A small file has this one entry: it ends here (no end-of-file entry to pop).
+            return None if state.skipped else (state.key, state.ref(self.keys))
 
         try:
             for key, source in items:
@@ -929,7 +931,7 @@ class ContentStore:
                                 done = pop()
                                 if done is not None:
                                     yield done
-                window.append((state, None, 0))
+                    window.append((state, None, 0))  # the end of a chunked file
                 while window and (
                     window[0][1] is None
                     or inflight >= self._inflight
