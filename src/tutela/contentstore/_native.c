@@ -191,15 +191,15 @@ static void add_to_nonce(uint8_t nonce[NONCE], const uint8_t start[NONCE], uint6
 }
 
 /* Seal out[NONCE : NONCE + plain_len] in place; the tag goes right after it. */
-static int seal(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, const uint8_t *key,
-                const uint8_t nonce[NONCE], const uint8_t *id, char *out, Py_ssize_t plain_len) {
+static int seal(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t nonce[NONCE],
+                const uint8_t *id, char *out, Py_ssize_t plain_len) {
     uint8_t aad[1 + ID];
     int n = 0;
     aad[0] = 'C';
     memcpy(aad + 1, id, ID);
     memcpy(out, nonce, NONCE);
     unsigned char *plain = (unsigned char *)out + NONCE;
-    if (EVP_EncryptInit_ex(ctx, cipher, NULL, key, nonce) != 1)
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1) /* the cipher: set once */
         return -1;
     if (EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)sizeof(aad)) != 1)
         return -1;
@@ -288,7 +288,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         if (aead) {
             uint8_t nonce[NONCE];
             add_to_nonce(nonce, (const uint8_t *)start.buf, (uint64_t)i);
-            if (seal(ctx, NULL, (const uint8_t *)key.buf, nonce, j->id, j->out, 1 + payload)) {
+            if (seal(ctx, (const uint8_t *)key.buf, nonce, j->id, j->out, 1 + payload)) {
                 failure = 2;
                 break;
             }

@@ -964,11 +964,8 @@ class ContentStore:
         exception to raise on the caller's thread, in order.  In C when it is built
         (`native.py`): a batch per call, without the interpreter lock."""
         if self._small is not None:
-            return self._small.prepare(files, self._known)
+            return self._small.prepare(files, self.has)
         return [self._prepare_file(f) for f in files]
-
-    def _known(self, cid: bytes) -> bool:
-        return cid in self._index or cid in self._pending
 
     def _prepare_file(self, f: LocalFile) -> Any:
         """`_prepare_files` for one file, in Python."""
@@ -1005,7 +1002,7 @@ class ContentStore:
     def _prepare(self, data: bytes) -> tuple[bytes, bytes, bytes | None]:
         """Worker-thread part: hash, and compress+encrypt unless already stored."""
         cid = self.keys.chunk_id(data)
-        if cid in self._index or cid in self._pending:
+        if self.has(cid):
             return cid, data, None
         return cid, data, self.codec.encode(cid, data)
 
@@ -1018,7 +1015,7 @@ class ContentStore:
         with self._lock:
             self.stats.bytes_read += len(data)
             self.stats.chunks += 1
-            if cid in self._index or cid in self._pending:
+            if self.has(cid):
                 self.stats.chunks_deduplicated += 1
             else:
                 if stored is None:  # known when hashed, gone since (a sweep): store it again
