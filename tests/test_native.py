@@ -60,7 +60,15 @@ def sample_files(folder: Path) -> dict[str, bytes]:
 
 
 def prepare(keys: Keys, folder: Path, names: list[str], compression: str = "zstd", **kw):
-    small = native.SmallFiles(keys, compression, 3, LIMIT, TooBig, kw.get("fallback", repr))
+    small = native.SmallFiles(
+        keys,
+        compression,
+        kw.get("level", 3),
+        kw.get("window_log", 0),
+        kw.get("limit", LIMIT),
+        TooBig,
+        kw.get("fallback", repr),
+    )
     files = [LocalFile(str(folder / n), (folder / n).stat().st_size) for n in names]
     return files, small.prepare(files, kw.get("known", lambda cid: False))
 
@@ -102,6 +110,32 @@ def test_known_chunks_are_not_encoded(tmp_path):
     assert out[1][2] is not None
 
 
+def far_repeat() -> bytes:
+    """1 MiB whose second part repeats its first 400 KiB from 640 KiB back: beyond level 1's
+    own 512 KiB window, within a window that covers the whole chunk."""
+    head = random.Random(3).randbytes(640 * 1024)
+    return head + head[: 400 * 1024]
+
+
+def test_a_wide_window_finds_repeats_beyond_the_levels_own(tmp_path):
+    data = far_repeat()
+    (tmp_path / "far").write_bytes(data)
+    keys = Keys.generate("none")
+    sizes = {}
+    for window_log in (0, 20):
+        codec = Codec(keys.cipher, "zstd", 1, window_log)
+        python_blob = codec.encode(keys.chunk_id(data), data)
+        _, [(cid, _, c_blob)] = prepare(
+            keys, tmp_path, ["far"], level=1, window_log=window_log, limit=2 * len(data)
+        )
+        for blob in (python_blob, c_blob):  # both paths, decoded by the Python codec
+            assert codec.decode(cid, blob, len(data)) == data
+        sizes[window_log] = (len(python_blob), len(c_blob))
+    # Without it, only incompressible bytes (kept raw); with it, the repeat is found.
+    assert sizes[0] == (len(data) + 1, len(data) + 1)
+    assert all(n < 700 * 1024 for n in sizes[20])
+
+
 def test_nonces_never_repeat_within_or_across_batches(tmp_path):
     sample_files(tmp_path)
     keys = Keys.generate("aes-256-gcm")
@@ -126,7 +160,7 @@ def test_errors_are_those_of_the_python_path(tmp_path):
         LocalFile(str(tmp_path / "folder"), 4096),
     ]
     fallen_back = []
-    small = native.SmallFiles(keys, "zstd", 3, LIMIT, TooBig, lambda f: fallen_back.append(f))
+    small = native.SmallFiles(keys, "zstd", 3, 0, LIMIT, TooBig, lambda f: fallen_back.append(f))
     missing, big, grew, fifo, folder = small.prepare(files, lambda cid: False)
     assert isinstance(missing, FileNotFoundError) and missing.filename == files[0].path
     assert big is TooBig

@@ -6,13 +6,15 @@
  * functions do a whole batch per call and release the lock for all of it:
  *
  *   read_small(paths, sizes, limit, id_key) -> [(status, data, chunk_id, mode, size, mtime_ns)]
- *   encode(chunk_ids, datas, level, aead, key, nonce_start) -> [blob]
+ *   encode(chunk_ids, datas, compress, level, wide_log, narrow, aead, key, nonce_start)
+ *       -> [blob]
  *
  * They produce exactly what the Python path does (pack.py `Codec.encode`, crypto.py
  * `Keys.chunk_id`): BLAKE3 (keyed when the store encrypts) of the bytes as chunk id; a blob is
  * flag + payload (zstd, or raw when compression saves under 1/64), sealed with AES-256-GCM or
  * ChaCha20-Poly1305 under the nonce that leads it and the associated data "C" + chunk id.
- * Nonces count up from `nonce_start`, 96-bit little-endian, one per blob.
+ * Nonces count up from `nonce_start`, 96-bit little-endian, one per blob.  Data longer than
+ * `narrow` bytes is compressed with a window of 2**wide_log (0: never), as `Codec` does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -214,10 +216,11 @@ static int seal(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t nonce[NON
 
 static PyObject *encode(PyObject *self, PyObject *args) {
     PyObject *ids, *datas;
-    int level, compress, aead;
+    int level, compress, aead, wide_log;
+    Py_ssize_t narrow;
     Py_buffer key = {0}, start = {0};
-    if (!PyArg_ParseTuple(args, "O!O!piiz*y*", &PyList_Type, &ids, &PyList_Type, &datas,
-                          &compress, &level, &aead, &key, &start))
+    if (!PyArg_ParseTuple(args, "O!O!piiniz*y*", &PyList_Type, &ids, &PyList_Type, &datas,
+                          &compress, &level, &wide_log, &narrow, &aead, &key, &start))
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(ids);
     PyObject *result = NULL;
@@ -273,7 +276,15 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         body[0] = 0; /* raw */
         if (compress && j->len) {
             size_t cap = ZSTD_compressBound((size_t)j->len);
-            size_t packed = ZSTD_compressCCtx(cctx, body + 1, cap, j->data, (size_t)j->len, level);
+            size_t packed;
+            if (wide_log && j->len > narrow) { /* the level, with a window for all of it */
+                ZSTD_CCtx_reset(cctx, ZSTD_reset_parameters);
+                ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+                ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, wide_log);
+                packed = ZSTD_compress2(cctx, body + 1, cap, j->data, (size_t)j->len);
+            } else { /* the level alone (its parameters tuned to the size) */
+                packed = ZSTD_compressCCtx(cctx, body + 1, cap, j->data, (size_t)j->len, level);
+            }
             if (ZSTD_isError(packed)) {
                 failure = 1;
                 break;
@@ -328,7 +339,8 @@ static PyMethodDef methods[] = {
      "read; > 0: an errno; -1: more than limit bytes; -2: not a regular file; -3: changed size "
      "since the walk."},
     {"encode", encode, METH_VARARGS,
-     "encode(chunk_ids, datas, compress, level, aead, key, nonce_start) -> [blob]: compress "
+     "encode(chunk_ids, datas, compress, level, wide_log, narrow, aead, key, nonce_start) -> "
+     "[blob]: compress "
      "and seal each chunk as pack.Codec.encode does (aead 0: none, 1: AES-256-GCM, 2: "
      "ChaCha20-Poly1305; nonces count up from nonce_start), without the interpreter lock."},
     {NULL, NULL, 0, NULL},

@@ -21,6 +21,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import zstandard
+
+from tutela.contentstore import pack
 from tutela.errors import TutelaError
 
 try:
@@ -67,6 +70,7 @@ class SmallFiles:
         keys: Any,
         compression: str,
         level: int,
+        window_log: int,
         limit: int,
         too_big: object,
         fallback: Callable[[Any], Any],
@@ -76,6 +80,9 @@ class SmallFiles:
         self._aead = AEAD[keys.algorithm]
         self._compress = compression == "zstd"
         self._level = level
+        wide = pack.wide_params(level, window_log) if self._compress else None
+        self._wide_log = wide.window_log if wide is not None else 0
+        self._narrow = 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log
         self._limit = limit
         self._too_big = too_big
         self._fallback = fallback
@@ -113,6 +120,8 @@ class SmallFiles:
                 [out[i][1] for i in new],
                 self._compress,
                 self._level,
+                self._wide_log,
+                self._narrow,
                 self._aead,
                 self._data_key,
                 os.urandom(12),

@@ -54,7 +54,15 @@ from tutela.contentstore.index import (
     encode_segment,
     new_segment_name,
 )
-from tutela.contentstore.pack import BlobEntry, Codec, PackBuilder, pack_key, parse_header
+from tutela.contentstore.pack import (
+    DEFAULT_LEVEL,
+    BlobEntry,
+    Codec,
+    PackBuilder,
+    pack_key,
+    parse_header,
+    window_log_for,
+)
 from tutela.errors import ConfigError, ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -149,7 +157,7 @@ class StoreSettings:
 
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     compression: str = "zstd"
-    compression_level: int = 3
+    compression_level: int = DEFAULT_LEVEL
     pack_size: int = 16 * MiB
     encryption: str = "none"
     password_file: Path | None = None
@@ -195,7 +203,7 @@ class StoreSettings:
             raise config.error(
                 f"must be 'zstd' or 'none', not {compression!r}", f"{SECTION}.compression"
             )
-        level = config.get_int(SECTION, "compression_level", 3)
+        level = config.get_int(SECTION, "compression_level", DEFAULT_LEVEL)
         assert level is not None
         if not -7 <= level <= 22:
             raise config.error("must be between -7 and 22", f"{SECTION}.compression_level")
@@ -436,7 +444,10 @@ class ContentStore:
         self.params = ChunkerParams.from_json(doc["chunker"], seed=keys.gear_seed)
         self.compression = settings.compression
         self.chunker = Chunker(self.params)
-        self.codec = Codec(keys.cipher, settings.compression, settings.compression_level)
+        window_log = window_log_for(self.params.max_size)
+        self.codec = Codec(
+            keys.cipher, settings.compression, settings.compression_level, window_log
+        )
         self.pack_size = settings.pack_size
         self.on_bytes = on_bytes
         self.stats = StoreStats()
@@ -457,6 +468,7 @@ class ContentStore:
                 keys,
                 settings.compression,
                 settings.compression_level,
+                window_log,
                 self.params.min_size,
                 _TooBig,
                 self._prepare_file,
