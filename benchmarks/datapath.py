@@ -50,6 +50,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTELA = str(Path(sys.executable).parent / "tutela")
+
+
+def compile_tutela() -> None:
+    """Byte-compile Tutela's modules, as installing a wheel does.  An editable install run
+    with PYTHONDONTWRITEBYTECODE set (as on this machine kind) compiles every module at each
+    start instead: about 0.08 s per command that no installed Tutela spends."""
+    import compileall
+
+    import tutela
+
+    compileall.compile_dir(Path(tutela.__file__).parent, quiet=1)
 TOOLS = ("tutela", "restic", "borg-lz4", "borg-zstd")
 STEPS = ("first", "unchanged", "changed", "restore")
 KINDS = ("random", "text", "repeated")
@@ -516,6 +527,7 @@ def main() -> int:
         desc = generate(args.generate, parse_size(args.size))
         args.generate.with_name(args.generate.name + ".json").write_text(json.dumps(desc))
         return 0
+    compile_tutela()
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in tools:
         if t not in CLASSES:

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datapath import TUTELA, Tutela, generate, parse_size, read_tree
+from datapath import TUTELA, Tutela, compile_tutela, generate, parse_size, read_tree
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -81,6 +81,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help="data set (default /tmp/tutela-bench-datapath-SIZE)")
     ap.add_argument("--sample", action="store_true", help="one more protect, cores sampled")
     args = ap.parse_args()
+    compile_tutela()
     data = args.data or Path(tempfile.gettempdir()) / f"tutela-bench-datapath-{args.size}"
     if not data.exists():
         print(f"# generating {data} ...", flush=True)
