@@ -17,11 +17,11 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from tutela.errors import PluginError, TutelaError
 from tutela.flow import Flow
+from tutela.loader import entry_points
 from tutela.scheduler import ReadyQueue, StackQueue, longest_remaining_path, node_weights
 
 EXECUTOR_GROUP = "tutela.executors"

@@ -3,10 +3,11 @@ object with the provider's configuration, and check its contract before anything
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 import inspect
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
 from tutela.errors import PluginError, TutelaError
@@ -38,6 +39,19 @@ PROTECTABLE_METHODS = (
     "show_resource",
     "get_dependent_resources",
 )
+
+
+@functools.cache
+def _installed_entry_points() -> importlib.metadata.EntryPoints:
+    """Every installed entry point, read once per process: each read scans the metadata of
+    every installed distribution (about 12 ms in a venv with the OpenStack clients), and one
+    command looks up several groups."""
+    return importlib.metadata.entry_points()
+
+
+def entry_points(group: str) -> importlib.metadata.EntryPoints:
+    """The installed entry points of `group`."""
+    return _installed_entry_points().select(group=group)
 
 
 def entry_point_names(group: str) -> list[str]:
