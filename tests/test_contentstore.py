@@ -157,6 +157,43 @@ def test_altered_chunk_list_is_caught(bank: Bank, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_many_small_files_across_packs_with_duplicates(
+    bank: Bank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: str
+) -> None:
+    """Batches of small files are committed together: packs sealed in the middle of a batch,
+    a duplicate in the same batch or an earlier one stored once, every file read back (also
+    by a store opened afresh), the counters right."""
+    if native == "1" and not contentstore_native.wanted():
+        pytest.skip("the C part of the content store is not built")
+    monkeypatch.setenv("TUTELA_NATIVE", native)
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    contents: dict[str, bytes] = {}
+    for i in range(300):
+        # Every 7th file repeats one written before it (some in its own batch of 64).
+        earlier = max(0, i - 1 - (i * 13) % 90)
+        data = contents[f"f{earlier:03d}"] if i % 7 == 6 else rand(8_000 + i, 100 + i)
+        contents[f"f{i:03d}"] = data
+        (folder / f"f{i:03d}").write_bytes(data)
+    duplicates = sum(1 for i in range(300) if i % 7 == 6)
+    sources = [(n, LocalFile(str(folder / n), len(d))) for n, d in contents.items()]
+    with open_store(bank, tmp_path, **SMALL) as store:  # 1 MiB packs: about 2.4 MB of files
+        refs = dict(store.write_many(sources))
+        store.flush()
+        assert store.stats.chunks == 300
+        assert store.stats.chunks_deduplicated == duplicates
+        assert store.stats.chunks_new == 300 - duplicates
+        assert store.stats.packs_written >= 2
+    assert list(refs) == list(contents)  # in input order
+    with open_store(bank, tmp_path, **SMALL) as store:
+        for name, data in contents.items():
+            assert refs[name].size == len(data)
+            assert store.read_bytes(refs[name]) == data
+        report = store.verify(read_data=True)
+        assert report.ok and report.chunks_checked == 300 - duplicates
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
 def test_local_files_are_read_on_the_workers(
     bank: Bank, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: str
 ) -> None:
