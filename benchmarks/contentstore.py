@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from peak import peak_rss_bytes  # noqa: E402
 
 from tutela.contentstore.chunker import parse_size  # noqa: E402
+from tutela.contentstore.pack import DEFAULT_LEVEL  # noqa: E402
 
 WORDS = (
     b"the of and to in is that for it as with was on be by this are or from at an which "
@@ -205,7 +206,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="data set folder (made if missing)")
     parser.add_argument("--work", type=Path, help="where the banks go (default: a temp dir)")
     parser.add_argument("--encryption", default="aes-256-gcm")
-    parser.add_argument("--level", type=int, default=3, help="zstd level")
+    parser.add_argument(
+        "--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--restic", action="store_true", help="also run restic (if installed) in each round"

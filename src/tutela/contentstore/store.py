@@ -87,6 +87,11 @@ LOCK_REFRESH_SECONDS = 5 * 60
 #: A writer writes an index segment at least every this many packs, even without flush().
 SEGMENT_PACKS = 64
 #: Chunks smaller than this are handed to the thread pool in batches (many small files).
+#: Pack uploads at once.  Two: one seals a pack (its join and hash, about 14 ms for 16 MiB)
+#: while the other writes one, so a bank that writes at disk speed (about 400 MB/s here)
+#: is kept busy; one left the disk idle while it sealed (a first protect of the 1 GiB set:
+#: 2.77-2.88 s against 2.97-3.22 s).
+UPLOADERS = 2
 BATCH_BYTES = 512 * 1024
 BATCH_CHUNKS = 64
 #: Reads keep this many whole packs in memory: restoring many small files stored side by
@@ -433,7 +438,7 @@ class ContentStore:
         settings: StoreSettings,
         *,
         workers: int | None = None,
-        uploaders: int = 1,
+        uploaders: int = UPLOADERS,
         on_bytes: Callable[[int], None] | None = None,
     ):
         self.section = section
@@ -519,7 +524,7 @@ class ContentStore:
         password: str | None = None,
         create: bool = True,
         workers: int | None = None,
-        uploaders: int = 1,
+        uploaders: int = UPLOADERS,
         on_bytes: Callable[[int], None] | None = None,
     ) -> ContentStore:
         """Open the store in `section`, creating it on first use when `create`.
