@@ -100,13 +100,16 @@ def test_bad_files_yield_one_error_each_and_the_rest_load(env_config_dir, tmp_pa
 def test_cli_providers_lists_providers_and_errors(env_config_dir, tmp_path, capsys):
     write(env_config_dir, "good.conf", GOOD.format(root=tmp_path / "bank"))
     write(env_config_dir, "bad.conf", "[provider]\nid = bad\nbank = filesystem\nplugin = nope\n")
-    assert main(["providers"]) == 0
+    # The good one is listed, and the bad one makes the exit status 1.
+    assert main(["providers"]) == 1
     out = capsys.readouterr().out
     assert "good-1" in out and "bad.conf" in out and "nope" in out
-    assert main(["providers", "--json"]) == 0
+    assert main(["providers", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert [p["id"] for p in data["providers"]] == ["good-1"]
     assert data["errors"][0]["key"] == "provider.plugin"
+    (env_config_dir / "bad.conf").unlink()
+    assert main(["providers"]) == 0
 
 
 def test_config_dir_flag_beats_environment(env_config_dir, tmp_path, capsys):

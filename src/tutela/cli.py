@@ -236,7 +236,9 @@ def cmd_providers(args) -> int:
             print(f"\n{len(reg.errors)} provider file(s) not loaded:")
             for e in reg.errors:
                 print(f"  {e}")
-    return 1 if reg.errors and not reg.providers else 0
+    # A provider file that does not load is an error even when others do: a script or a
+    # monitor that checks the exit status must not take a broken provider for a working one.
+    return 1 if reg.errors else 0
 
 
 def cmd_provider_show(args) -> int:
