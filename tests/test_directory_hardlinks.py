@@ -248,6 +248,20 @@ def test_a_restore_with_warnings_exits_3_and_a_clean_one_0(
         "1 hard link written as a separate file (could not be linked)"
     )
     assert "d/b" not in err.splitlines()[-1]  # counts only: the names are in the messages
+    # `restores show` says the same to a person, and the whole record with --json.
+    assert main(["restores", "show", record["id"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"restore {record['id']}"
+    assert f"  checkpoint: {cp.id}" in lines
+    assert "  status:     success  (differs from the checkpoint: see the warnings)" in lines
+    assert (
+        f"  warning:  {DIR}#{src}: 1 hard link written as a separate file (could not be linked)"
+        in lines
+    )
+    assert f"    {DIR} {src}: restored as {DIR} {out_dir}" in lines
+    assert "      warning: 1 hard link written as a separate file (could not be linked)" in lines
+    assert main(["restores", "show", record["id"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == record["warnings"]
 
 
 def test_ls_shows_which_name_is_a_link(make_provider, tmp_path, env_config_dir, capsys):

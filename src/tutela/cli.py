@@ -439,23 +439,12 @@ def cmd_checkpoints_show(args) -> int:
         )
     )
     print(f"  created:  {data['created_at']}")
-    for err in data["errors"]:
-        where = (
-            f"{err['resource']['type']}#{err['resource']['id']} {err.get('hook')}: "
-            if "resource" in err
-            else ""
-        )
-        print(f"  error:    {where}{err['message']}")
-    for warning in data["warnings"]:
-        print(f"  warning:  {warning_text(warning)}")
+    _print_problems(data["errors"], data["warnings"])
     print("  resources:")
     for res in data["resources"]:
         r = res["resource"]
         print(f"    {r['type']} {shown(r['id'])}: {res['status']}")
-        if res["error"]:
-            print(f"      error: {res['error']['hook']}: {res['error']['message']}")
-        for warning in res["warnings"]:
-            print(f"      warning: {shown(warning['message'])}")
+        _print_resource_problems(res)
         info = res["saved_info"]
         if isinstance(info, dict):
             for line in saved_info_lines(info):
@@ -585,11 +574,60 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def _print_problems(errors: list[dict], warnings: list[dict]) -> None:
+    """The error and warning lines of a checkpoint or restore record."""
+    for err in errors:
+        where = (
+            f"{err['resource']['type']}#{err['resource']['id']} {err.get('hook')}: "
+            if "resource" in err
+            else ""
+        )
+        print(f"  error:    {where}{err['message']}")
+    for warning in warnings:
+        print(f"  warning:  {warning_text(warning)}")
+
+
+def _print_resource_problems(res: dict) -> None:
+    """The error and warning lines of one resource of a checkpoint or restore record."""
+    if res.get("error"):
+        print(f"      error: {res['error']['hook']}: {res['error']['message']}")
+    for warning in res.get("warnings") or []:
+        print(f"      warning: {shown(warning['message'])}")
+
+
 def cmd_restores_show(args) -> int:
     reg = _registry(args)
     _, record = reg.find_restore(args.restore)
     data = {**record.index, "resources": list(record.resource_records().values())}
-    print_json(data) if args.json else print(json.dumps(data, indent=2))
+    if args.json:
+        print_json(data)
+        return 0
+    warnings = data.get("warnings") or []
+    print(f"restore {data['id']}")
+    print(f"  checkpoint: {data.get('checkpoint_id')}")
+    print(f"  provider:   {data.get('provider_id')}")
+    print(
+        f"  status:     {data.get('status')}"
+        + (
+            "  (differs from the checkpoint: see the warnings)"
+            if warnings and data.get("status") == "success"
+            else ""
+        )
+    )
+    print(f"  created:    {data.get('created_at')}")
+    print(f"  updated:    {data.get('updated_at')}")
+    for rtype, params in (data.get("parameters") or {}).items():
+        print(f"  parameters: {rtype} {json.dumps(params, sort_keys=True)}")
+    _print_problems(data.get("errors") or [], warnings)
+    print("  resources:")
+    for res in data["resources"]:
+        r = res.get("resource") or {}
+        new = res.get("new_resource")
+        made = f" as {new['type']} {shown(str(new['id']))}" if isinstance(new, dict) else ""
+        print(
+            f"    {r.get('type')} {shown(str(r.get('id')))}: {res.get('status', 'not run')}{made}"
+        )
+        _print_resource_problems(res)
     return 0
 
 
@@ -768,7 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restores", parents=[common], help="show a restore record")
     rsub = p.add_subparsers(dest="restores_command", required=True)
-    s = rsub.add_parser("show", parents=[common], help="one restore record, as JSON")
+    s = rsub.add_parser(
+        "show", parents=[common], help="one restore record: status, warnings, each resource"
+    )
     s.add_argument("restore", metavar="RESTORE", help="a restore id")
     s.set_defaults(func=cmd_restores_show, usage_parser=s)
 
