@@ -533,3 +533,24 @@ def test_every_declared_key_is_documented(name):
             if f"`{k}`" not in text and not re.search(rf"^{k}\s*=", text, re.M)
         ]
         assert not missing, f"{DOCS[section]} does not name {missing} of [{section}]"
+
+
+@pytest.mark.parametrize(
+    ("bank", "typo", "meant"),
+    [
+        ("filesystem", "fsycn", "fsync"),
+        ("swift", "auth_ulr", "auth_url"),
+        ("s3", "bukcet", "bucket"),
+    ],
+)
+def test_a_misspelt_keyword_option_of_a_bank_is_refused(bank, typo, meant, tmp_path):
+    """Options given in code are checked like the keys of a provider file: an unknown one is
+    a TypeError naming it (never its value), with the nearest known option; nothing is built."""
+    cls = {"filesystem": FilesystemBank, "swift": SwiftBank, "s3": S3Bank}[bank]
+    with pytest.raises(TypeError) as info:
+        cls(**{typo: "s3cr3t-value"})
+    message = str(info.value)
+    assert repr(typo) in message and f"did you mean {meant!r}" in message
+    assert "s3cr3t-value" not in message
+    # A known option is taken as before.
+    assert FilesystemBank(root=tmp_path / "b", fsync=False).root == tmp_path / "b"

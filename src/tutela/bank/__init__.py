@@ -10,6 +10,7 @@ normalised away), a section can never be escaped.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import socket
@@ -130,6 +131,18 @@ class BankPlugin(ABC):
     #: The sections this bank reads and their keys (`{config_section: frozenset({...})}`), as
     #: for `tutela.ProtectionPlugin.config_keys`: the provider refuses any other key there.
     config_keys: ClassVar[dict[str, frozenset[str]]] = {}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Refuse a keyword option that is not a key of the bank's section: in code, as in a
+        provider file, a misspelt option must not fall back to its default without a word.
+        (The message names the option, never its value: it may be a secret.)"""
+        known = sorted(cls.config_keys.get(cls.config_section, ()))
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+                raise TypeError(f"{cls.__name__}: unknown option {key!r}{hint}")
 
     @abstractmethod
     def update_object(self, key: str, value: bytes | str) -> None: ...

@@ -90,6 +90,7 @@ class FilesystemBank(BankPlugin):
     config_keys = {SECTION: FILESYSTEM_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options):
+        self.check_options(options)
         config = config or ProviderConfig.from_dict({})
         default_root = Path(platformdirs.user_data_dir("tutela")) / "bank"
         root = options.get("root") or config.get_path(SECTION, "root", default_root)

@@ -121,6 +121,7 @@ class S3Bank(LeasedStore, BankPlugin):
     config_keys = {SECTION: S3_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
+        self.check_options(options)
         import boto3
         from botocore.config import Config
 

@@ -248,6 +248,7 @@ class SwiftBank(LeasedStore, BankPlugin):
     config_keys = {SECTION: SWIFT_KEYS}
 
     def __init__(self, config: ProviderConfig | None = None, **options: Any):
+        self.check_options(options)
         config = config or ProviderConfig.from_dict({})
         opt = Options(config, SECTION, options, SWIFT_KEYS)
         self.auth_url = opt.get("auth_url") or config.require(SECTION, "auth_url")
