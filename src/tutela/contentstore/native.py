@@ -21,8 +21,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import zstandard
-
 from tutela.contentstore import pack
 from tutela.errors import TutelaError
 
@@ -80,9 +78,8 @@ class SmallFiles:
         self._aead = AEAD[keys.algorithm]
         self._compress = compression == "zstd"
         self._level = level
-        wide = pack.wide_params(level, window_log) if self._compress else None
-        self._wide_log = wide.window_log if wide is not None else 0
-        self._narrow = 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log
+        wide, self._narrow = pack.zstd_windows(level, window_log)
+        self._wide_log = wide.window_log if wide is not None else 0  # 0: the level alone
         self._limit = limit
         self._too_big = too_big
         self._fallback = fallback

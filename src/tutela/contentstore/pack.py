@@ -49,14 +49,18 @@ def window_log_for(max_chunk: int) -> int:
     return max(10, (max_chunk - 1).bit_length())
 
 
-def wide_params(level: int, window_log: int) -> zstandard.ZstdCompressionParameters | None:
-    """`level`'s parameters with a window of 2**window_log bytes, or None when the level's own
-    window is as wide.  (For data within the level's own window, the level alone is better:
-    zstd then picks parameters tuned to the data's size.)"""
-    params = zstandard.ZstdCompressionParameters.from_level(level)
-    if window_log <= params.window_log:
-        return None
-    return zstandard.ZstdCompressionParameters.from_level(level, window_log=window_log)
+def zstd_windows(
+    level: int, window_log: int
+) -> tuple[zstandard.ZstdCompressionParameters | None, int]:
+    """(`level`'s parameters with a window of 2**window_log bytes, or None when the level's own
+    window is as wide; the length of the level's own window).  Data within the level's own
+    window is compressed with the level alone, which lets zstd tune its parameters to the
+    data's size; longer data gets the wide window (which zstd shrinks to the data's size)."""
+    own = zstandard.ZstdCompressionParameters.from_level(level)
+    if window_log <= own.window_log:
+        return None, 1 << own.window_log
+    wide = zstandard.ZstdCompressionParameters.from_level(level, window_log=window_log)
+    return wide, 1 << own.window_log
 
 
 class Codec:
@@ -72,10 +76,7 @@ class Codec:
         self.cipher = cipher
         self.compression = compression
         self.level = level
-        self._wide = wide_params(level, window_log) if compression == "zstd" else None
-        # Data longer than the level's own window gets the wide one (which zstd shrinks to
-        # the data's size).
-        self._narrow = 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log
+        self._wide, self._narrow = zstd_windows(level, window_log)
         self._local = threading.local()
 
     def _compressor(self, size: int) -> zstandard.ZstdCompressor:

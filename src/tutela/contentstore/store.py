@@ -86,12 +86,12 @@ LOCK_STALE_SECONDS = 30 * 60
 LOCK_REFRESH_SECONDS = 5 * 60
 #: A writer writes an index segment at least every this many packs, even without flush().
 SEGMENT_PACKS = 64
-#: Chunks smaller than this are handed to the thread pool in batches (many small files).
 #: Pack uploads at once.  Two: one seals a pack (its join and hash, about 14 ms for 16 MiB)
 #: while the other writes one, so a bank that writes at disk speed (about 400 MB/s here)
 #: is kept busy; one left the disk idle while it sealed (a first protect of the 1 GiB set:
 #: 2.77-2.88 s against 2.97-3.22 s).
 UPLOADERS = 2
+#: Chunks smaller than this are handed to the thread pool in batches (many small files).
 BATCH_BYTES = 512 * 1024
 BATCH_CHUNKS = 64
 #: Reads keep this many whole packs in memory: restoring many small files stored side by
