@@ -63,6 +63,8 @@ def compile_tutela() -> None:
     import tutela
 
     compileall.compile_dir(Path(tutela.__file__).parent, quiet=1)
+
+
 TOOLS = ("tutela", "restic", "borg-lz4", "borg-zstd")
 STEPS = ("first", "unchanged", "changed", "restore")
 KINDS = ("random", "text", "repeated")

@@ -554,3 +554,39 @@ def test_a_misspelt_keyword_option_of_a_bank_is_refused(bank, typo, meant, tmp_p
     assert "s3cr3t-value" not in message
     # A known option is taken as before.
     assert FilesystemBank(root=tmp_path / "b", fsync=False).root == tmp_path / "b"
+
+
+@pytest.mark.parametrize(
+    ("inventory", "expected"),
+    [
+        (
+            '[groups.app]\nmembers = []\nprepare_being_command = "/bin/freeze"\n',
+            "group 'app': unknown key 'prepare_being_command'; "
+            "did you mean 'prepare_begin_command'?",
+        ),
+        ("[group.app]\nmembers = []\n", "unknown key 'group'; did you mean 'groups'?"),
+        ('[groups.app]\nmembers = []\ncommand_timeout = "soon"\n', "command_timeout must be"),
+        ("[groups.app]\nmembers = []\ncommand_timeout = 0\n", "command_timeout must be"),
+        ("[groups.app]\nname = 7\n", "group 'app': name must be a string"),
+    ],
+)
+def test_the_group_inventory_refuses_unknown_keys_and_bad_values(inventory, expected, tmp_path):
+    """A misspelt key of the inventory would otherwise be ignored, and the group protected
+    without its quiesce window: it is an error naming the provider file, the inventory, the
+    group and the key."""
+    inv = tmp_path / "inv.toml"
+    inv.write_text(inventory)
+    config = ProviderConfig.from_dict(
+        {"group": {"inventory": str(inv)}}, path=str(tmp_path / "p.conf")
+    )
+    with pytest.raises(ConfigError) as info:
+        group.Inventory(config)
+    message = str(info.value)
+    assert expected in message and str(inv) in message and "p.conf" in message
+    # The keys the module documents are all accepted.
+    inv.write_text(
+        '[groups.app]\nname = "Shop"\nmembers = ["Tutela::Directory=/srv"]\n'
+        'prepare_begin_command = ["/bin/true"]\nprepare_finish_command = "/bin/true"\n'
+        "command_timeout = 30\n"
+    )
+    assert group.Inventory(config).get("app")["name"] == "Shop"

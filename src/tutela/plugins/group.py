@@ -19,6 +19,7 @@ command still runs (on_abort).  Commands run without a shell, with TUTELA_* vari
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import subprocess
@@ -35,6 +36,24 @@ TYPE = "Tutela::Group"
 SECTION = "group"
 #: The keys of `[group]`, declared by the plugin and its protectable.
 CONFIG_KEYS = {SECTION: frozenset({"inventory"})}
+#: The keys an inventory may hold: a misspelt one (`prepare_being_command`) would otherwise
+#: be ignored, and the group protected without its quiesce window.
+INVENTORY_KEYS = frozenset({"groups"})
+GROUP_KEYS = frozenset(
+    {"name", "members", "prepare_begin_command", "prepare_finish_command", "command_timeout"}
+)
+
+
+def _unknown_key(keys: Any, known: frozenset[str]) -> str | None:
+    """A message for the first key of `keys` not in `known` (with the nearest known one)."""
+    for key in keys:
+        if key not in known:
+            names = sorted(known)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(names)})"
+            return f"unknown key {key!r}{hint}"
+    return None
+
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -78,6 +97,11 @@ class Inventory:
                 f"inventory {str(self.path)!r} is not valid TOML: {exc}",
                 "group.inventory",
             ) from None
+        unknown = _unknown_key(data, INVENTORY_KEYS)
+        if unknown:
+            raise ConfigError(
+                self.config_path, f"inventory {str(self.path)!r}: {unknown}", "group.inventory"
+            )
         groups = data.get("groups", {})
         if not isinstance(groups, dict):
             raise ConfigError(
@@ -89,6 +113,20 @@ class Inventory:
             where = f"inventory {str(self.path)!r}, group {gid!r}"
             if not isinstance(spec, dict):
                 raise ConfigError(self.config_path, f"{where}: must be a table", "group.inventory")
+            unknown = _unknown_key(spec, GROUP_KEYS)
+            if unknown:
+                raise ConfigError(self.config_path, f"{where}: {unknown}", "group.inventory")
+            if not isinstance(spec.get("name", ""), str):
+                raise ConfigError(
+                    self.config_path, f"{where}: name must be a string", "group.inventory"
+                )
+            timeout = spec.get("command_timeout", 60)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise ConfigError(
+                    self.config_path,
+                    f"{where}: command_timeout must be a positive number of seconds",
+                    "group.inventory",
+                )
             members = spec.get("members", [])
             if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
                 raise ConfigError(
