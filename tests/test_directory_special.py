@@ -197,6 +197,58 @@ def test_a_restore_that_may_not_create_a_device_leaves_it_out_and_warns(
     assert (out / "f").read_text() == "f\n"
 
 
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_names_of_one_fifo_or_device_stay_one_inode(
+    make_provider, tmp_path, kind, env_config_dir, capsys
+):
+    """A FIFO or device with several names in the tree comes back as one inode with those
+    names (as GNU tar keeps them), not as separate nodes; a restore of the later name alone
+    makes it on its own."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    if kind == "fifo":
+        make_fifo(src / "a" / "node")
+    else:
+        make_device(src / "a" / "node", stat.S_IFCHR, 1, 3)
+    os.link(src / "a" / "node", src / "b" / "again")
+    os.link(src / "a" / "node", src / "b" / "third")
+    make_fifo(src / "lone")  # one name: no link recorded
+    provider = make_provider()
+    cp = provider.protect([Resource(DIR, str(src))])
+    info = info_of(cp, src)
+    assert info["special_files"] == 4 and info["hard_links"] == 2
+    manifest = manifest_of(provider, cp, src)
+    assert manifest["b/again"]["link"] == "a/node" and manifest["b/third"]["link"] == "a/node"
+    assert "link" not in manifest["a/node"] and "link" not in manifest["lone"]
+
+    out = tmp_path / "out"
+    record = provider.restore(cp.id, {DIR: {"target": str(out)}})
+    assert record.warnings == []
+    first = os.lstat(out / "a" / "node")
+    mode = 0o640 if kind == "fifo" else 0o620
+    assert first.st_nlink == 3 and stat.S_IMODE(first.st_mode) == mode
+    for name in ("again", "third"):
+        st = os.lstat(out / "b" / name)
+        assert (st.st_ino, st.st_dev) == (first.st_ino, first.st_dev)
+    assert os.lstat(out / "lone").st_nlink == 1
+
+    # The later name alone: made on its own, with the entry's type and mode.
+    one = tmp_path / "one"
+    record = provider.restore(cp.id, {DIR: {"target": str(one), "paths": ["b/again"]}})
+    assert record.warnings == []
+    st = os.lstat(one / "b" / "again")
+    assert stat.S_IFMT(st.st_mode) == stat.S_IFMT(first.st_mode) and st.st_nlink == 1
+    assert not (one / "a").exists()
+
+    provider.close()  # `checkpoints ls` names the first name, as `tar -tv` does
+    write_provider(env_config_dir, tmp_path / "bank")
+    assert main(["checkpoints", "ls", cp.id]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if "b/again" in x]
+    assert line.startswith(("p" if kind == "fifo" else "c") + f"{mode:04o} ")
+    assert line.endswith("  b/again link to a/node")
+
+
 def test_a_restore_of_a_path_brings_its_fifo(make_provider, tmp_path):
     src = tmp_path / "src"
     (src / "run" / "deep").mkdir(parents=True)

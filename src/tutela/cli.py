@@ -476,7 +476,7 @@ def cmd_checkpoints_ls(args) -> int:
             size = f"{rdev[0]}, {rdev[1]}"
         when = datetime.fromtimestamp(r["mtime_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
         target = f" -> {shown(r['target'])}" if r["type"] == "symlink" else ""
-        if r["type"] == "file" and isinstance(r.get("link"), str):  # a hard link, as tar -tv
+        if r["type"] != "symlink" and isinstance(r.get("link"), str):  # a hard link, as tar -tv
             target = f" link to {shown(r['link'])}"
         root = shown(r["resource"].split("#", 1)[1])
         print(

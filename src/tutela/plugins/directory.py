@@ -9,7 +9,8 @@ as GNU tar does: one means nothing without its server.  It is incremental foreve
 whose path, size, mtime and inode match the previous available checkpoint of the same
 resource is not read again; its chunk list is taken over.  A file that changes while it is
 read is read once more and, if it changes again, recorded as `changed_while_read`.  The
-names of a hard-linked file are read once: later names carry `link`, the first one's path.
+names of a hard-linked file (or FIFO, or device) are read once: later names carry `link`, the
+first one's path.
 Files left out (unreadable, deleted while read) or saved mid-change make the protect report a
 warning (`context.warn`, counts only): the checkpoint is available but incomplete.
 
@@ -128,7 +129,8 @@ SAVED_INFO_SCHEMA: dict[str, Any] = {
             "type": "integer",
             "minimum": 1,
             "description": "Files recorded as a hard link to another name in the tree (its "
-            "data, not read again); counted in `files` too.",
+            "data, not read again; counted in `files` too), and FIFOs and devices recorded as "
+            "a hard link to another (counted in `special_files` too).",
         },
         "special_files": {
             "type": "integer",
@@ -423,6 +425,7 @@ class ProtectDirectory(Operation):
         first_name: dict[tuple[int, int], int] = {}
         later_names: dict[int, list[int]] = {}
         walked: dict[int, tuple[str, os.stat_result]] = {}
+        special_first: dict[tuple[int, int], str] = {}  # ... and of FIFOs and devices: path
 
         # Files are read while the tree is still being listed: the store's workers read, hash,
         # compress and encrypt small files in C without the interpreter lock (native.py), so
@@ -485,10 +488,12 @@ class ProtectDirectory(Operation):
                 elif stat.S_ISFIFO(mode):  # recorded, never opened: opening a FIFO would block
                     entry["type"] = "fifo"
                     counts["special_files"] += 1
+                    _link_special(entry, st, special_first, counts)
                 elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                     entry["type"] = "chardev" if stat.S_ISCHR(mode) else "blockdev"
                     entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
                     counts["special_files"] += 1
+                    _link_special(entry, st, special_first, counts)
                 else:  # a socket (or a type Linux does not have): left out by design
                     skipped.append(rel)
                     continue
@@ -819,6 +824,22 @@ class _Owners:
 _SPECIAL = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 
 
+def _link_special(
+    entry: dict[str, Any],
+    st: os.stat_result,
+    first: dict[tuple[int, int], str],
+    counts: dict[str, int],
+) -> None:
+    """A later name of a FIFO or device with several names gets `link`, its first name's
+    path, as a later name of a file does: the restore links it to the node it made, so the
+    names stay one inode.  (A version without this makes each name on its own.)"""
+    if st.st_nlink > 1:
+        head = first.setdefault((st.st_dev, st.st_ino), entry["path"])
+        if head != entry["path"]:
+            entry["link"] = head
+            counts["hard_links"] += 1
+
+
 def _restore_special(entry: dict[str, Any], dest: str, owners: _Owners) -> bool:
     """Create the FIFO or device node of a manifest entry at `dest` (0600 at first), then
     give it its owner, mode and mtime.  False when the system does not permit creating it
@@ -1047,6 +1068,9 @@ class RestoreDirectory(Operation):
         unknown: list[str] = []  # entries of a type this version does not know
         first_of: dict[str, tuple[dict[str, Any], str]] = {}
         links: list[tuple[dict[str, Any], str, dict[str, Any], str]] = []
+        # FIFOs and devices made (manifest path -> where), for their later names' `link`.
+        special_made: dict[str, str] = {}
+        special_unlinked: list[tuple[str, OSError]] = []
 
         def restore_batch(files: list[tuple[dict[str, Any], str]]) -> None:
             try:
@@ -1091,7 +1115,16 @@ class RestoreDirectory(Operation):
                 elif kind in _SPECIAL:  # no data: made here, in order, like a symlink
                     if os.path.lexists(dest):
                         _remove(dest)
-                    if not _restore_special(entry, dest, owners):
+                    head = special_made.get(entry.get("link"))  # type: ignore[arg-type]
+                    if head is not None:
+                        try:
+                            _link(head, dest)
+                            continue
+                        except OSError as exc:  # made on its own below, and said
+                            special_unlinked.append((entry["path"], exc))
+                    if _restore_special(entry, dest, owners):
+                        special_made[entry["path"]] = dest
+                    else:
                         not_created.append(entry["path"])
                 elif kind == "file":
                     if linked_to:
@@ -1112,7 +1145,9 @@ class RestoreDirectory(Operation):
                 submit()
         if failures:
             raise failures[0]
-        unlinked = self._restore_links(store, links, damaged, context, owners, resource)
+        unlinked = self._restore_links(
+            store, links, damaged, context, owners, resource, special_unlinked
+        )
         for dest, entry in reversed(dirs):
             owners.give(entry, path=dest)  # before chmod: chown may clear bits
             os.chmod(dest, entry["mode"])
@@ -1162,13 +1197,15 @@ class RestoreDirectory(Operation):
             )
 
     @classmethod
-    def _restore_links(cls, store, links, damaged, context, owners: _Owners, resource) -> list[str]:
+    def _restore_links(
+        cls, store, links, damaged, context, owners: _Owners, resource, unlinked
+    ) -> list[str]:
         """Make the later names of hard-linked files links to the first name restored (whose
         write set the inode's owner, mode and mtime).  A name that cannot be linked (another
         file system, links refused or not supported) is written as a file of its own; those
-        names are returned, for the restore's warning."""
+        names, and the FIFOs and devices already made on their own (`unlinked`: (path,
+        error)), are returned, for the restore's warning."""
         bad = dict(damaged)
-        unlinked: list[tuple[str, OSError]] = []
         for entry, dest, first, first_dest in links:
             if first["path"] in bad:  # the same data: damaged too
                 damaged.append((entry["path"], bad[first["path"]]))
@@ -1186,7 +1223,7 @@ class RestoreDirectory(Operation):
             error = unlinked[0][1]
             context.progress.message(
                 f"{resource.key}: {len(unlinked)} hard link(s) could not be made "
-                f"({error.strerror or error}), written as separate files: "
+                f"({error.strerror or error}), made as separate files: "
                 + _show_list([p for p, _ in unlinked])
             )
         return [p for p, _ in unlinked]
