@@ -162,7 +162,8 @@ def test_kill_protect_and_delete_at_random_moments(setup, tmp_path, delay):
 
 
 def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
-    """SIGINT: no new task starts, the hook in flight finishes, the checkpoint is `error`."""
+    """SIGINT: no new task starts, the hook in flight finishes (this one has no check to stop
+    at), the checkpoint is `error`, and the exit status is 130 (128 + SIGINT)."""
     _, conf = setup
     marker = tmp_path / "marker"
     params = tmp_path / "params.json"
@@ -199,7 +200,7 @@ def test_ctrl_c_cancels_like_a_failure(setup, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, (out, err)
+    assert proc.returncode == 130, (out, err)
     result = json.loads(out)
     p = provider(conf)
     try:

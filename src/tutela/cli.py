@@ -36,6 +36,7 @@ class UsageError(CLIError):
 #: Exit status when stdout is a pipe whose reader has gone, as a shell reports a process
 #: killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # an operation cancelled with Ctrl-C, as a shell has it
 #: Exit status of a protect whose checkpoint is available but has warnings (some data was left
 #: out), or of a restore that succeeded with warnings (what it restored differs from the
 #: checkpoint): scripts and monitoring must notice, as with restic's "some files could not be
@@ -346,7 +347,7 @@ def _failed(args, exc: OperationFailed) -> int:
     if args.json:
         print_json({"error": str(exc), "id": exc.record_id, "errors": exc.errors})
     print(f"tutela: {exc}", file=sys.stderr)
-    return 1
+    return EXIT_INTERRUPTED if exc.cancelled else 1
 
 
 def cmd_checkpoints_list(args) -> int:
@@ -888,7 +889,7 @@ def _run(args) -> int:
         return 1
     except KeyboardInterrupt:
         print("tutela: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ A ready-set loop in graphlib's shape (take ready, submit, mark done).  All bookk
 on the calling thread; only hook calls go to the executor, which may be anything shaped like
 `concurrent.futures.Executor` (serial runs inline; threads is a pool; a distributed policy
 plugs in through the `tutela.executors` entry-point group).  A failing hook stops new tasks
-from starting while tasks in flight finish; Ctrl-C cancels the same way.
+from starting while tasks in flight finish; Ctrl-C cancels the same way, and sets `cancel` so
+that hooks in flight stop at their next check (`context.check_cancelled()`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tutela.errors import PluginError, TutelaError
+from tutela.errors import Cancelled, PluginError, TutelaError
 from tutela.flow import Flow
 from tutela.loader import entry_points
 from tutela.scheduler import ReadyQueue, StackQueue, longest_remaining_path, node_weights
@@ -248,6 +249,8 @@ class Engine:
         self.absorb: Callable[[int, Any], None] | None = None
         self.is_idempotent: Callable[[int], bool] = lambda node: False
         self.report_bytes: Callable[[int], None] | None = None
+        #: Set when the run is cancelled (Ctrl-C), for hooks in flight to see.
+        self.cancel = threading.Event()
         #: How long each resource's hooks took last time (`TYPE#ID` -> hook -> seconds), so
         #: that the dispatch priority knows which tasks are long before they run.
         self.history: dict[str, dict[str, float]] | None = None
@@ -312,6 +315,9 @@ class Engine:
         try:
             if dispatcher is None:
                 while ready and not stopping:
+                    if self.cancel.is_set():  # Ctrl-C (operations.py): no new task
+                        result.cancelled = True
+                        break
                     node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
                         advance(node)
@@ -323,7 +329,8 @@ class Engine:
                         error = None
                     except KeyboardInterrupt:
                         result.cancelled = True
-                        error = TutelaError("cancelled")
+                        self.cancel.set()
+                        error = Cancelled()
                     except Exception as exc:
                         error = exc
                     settle(node, t0, time.time(), error)
@@ -332,10 +339,13 @@ class Engine:
             return self._run_parallel(dispatcher, done, ready, settle, advance, result)
         except KeyboardInterrupt:
             result.cancelled = True
+            self.cancel.set()
             return result
         finally:
             if dispatcher is not None:
                 dispatcher.close()
+            if self.cancel.is_set():  # also when a hook saw it first and raised Cancelled
+                result.cancelled = True
 
     def _run_parallel(
         self,
@@ -363,6 +373,8 @@ class Engine:
         inflight = 0
         stopping = False
         while True:
+            if not stopping and self.cancel.is_set():  # Ctrl-C (operations.py): no new task
+                result.cancelled = stopping = True
             while ready and not stopping and inflight < limit:
                 batch: list[int] = []
                 key = None
@@ -410,6 +422,7 @@ class Engine:
                 items = done.get()
             except KeyboardInterrupt:
                 result.cancelled = True
+                self.cancel.set()
                 stopping = True
                 continue
             inflight -= 1
@@ -423,4 +436,5 @@ class Engine:
                     stopping = True
                     if isinstance(error, KeyboardInterrupt):  # hit a task run here
                         result.cancelled = True
+                        self.cancel.set()
         return result

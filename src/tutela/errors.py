@@ -66,12 +66,29 @@ class HookError(TutelaError):
         super().__init__(f"{resource}: {hook} failed: {type(error).__name__}: {error}")
 
 
-class OperationFailed(TutelaError):
-    """An operation ended in error; carries the record id (checkpoint or restore)."""
+class Cancelled(TutelaError):
+    """The operation was cancelled (Ctrl-C): raised inside hooks by
+    `context.check_cancelled()` and `context.report_bytes()`, so that a long hook stops at
+    its next check instead of running to its end."""
 
-    def __init__(self, message: str, record_id: str | None = None, errors: list | None = None):
+    def __init__(self, message: str = "cancelled by the user"):
+        super().__init__(message)
+
+
+class OperationFailed(TutelaError):
+    """An operation ended in error; carries the record id (checkpoint or restore), and
+    whether it ended because it was cancelled."""
+
+    def __init__(
+        self,
+        message: str,
+        record_id: str | None = None,
+        errors: list | None = None,
+        cancelled: bool = False,
+    ):
         self.record_id = record_id
         self.errors = errors or []
+        self.cancelled = cancelled
         super().__init__(message)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,14 @@ from tutela.checkpoint import (
     RestoreRecord,
 )
 from tutela.engine import Engine, EngineListener, ExecutorPolicy
-from tutela.errors import BankError, HookError, LeaseError, OperationFailed, TutelaError
+from tutela.errors import (
+    BankError,
+    Cancelled,
+    HookError,
+    LeaseError,
+    OperationFailed,
+    TutelaError,
+)
 from tutela.flow import Flow
 from tutela.plugin import HOOKS, call_hook, has_abort
 from tutela.resource import Resource
@@ -141,7 +149,18 @@ class OperationContext:
         return None
 
     def report_bytes(self, count: int) -> None:
+        """Count `count` bytes moved, for the progress display.  Raises `Cancelled` once the
+        operation is cancelled, so a hook that reports progress stops there."""
         self.progress.bytes_moved(count)
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise `Cancelled` once the operation is cancelled (Ctrl-C).  A hook that runs
+        long calls it now and then (between files, between blocks) and lets it propagate:
+        the operation then ends in error, "cancelled by the user", and its abort hooks run."""
+        if self.cancelled.is_set():
+            raise Cancelled()
 
     def warn(self, resource: Resource, message: str, counts: dict[str, int] | None = None) -> None:
         """Report that `resource` was protected incompletely (e.g. files left out), or
@@ -265,7 +284,35 @@ class LeaseKeeper:
             self.plugin.release_lease(None)
 
 
+@contextlib.contextmanager
+def _ctrl_c_cancels(cancelled: threading.Event) -> Iterator[None]:
+    """While an operation runs, a first Ctrl-C asks it to stop: no new task starts and hooks
+    stop at their next check (`check_cancelled`), so nothing is cut off mid-way; a second
+    Ctrl-C interrupts at once (KeyboardInterrupt).  Only on the main thread, and only where
+    SIGINT has Python's own handler (an application embedding Tutela keeps its own; a
+    background job's ignored SIGINT stays ignored)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def first_asks(signum: int, frame: Any) -> None:
+        if cancelled.is_set():
+            raise KeyboardInterrupt
+        cancelled.set()
+
+    signal.signal(signal.SIGINT, first_asks)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _error_text(error: BaseException) -> str:
+    if isinstance(error, Cancelled | KeyboardInterrupt):
+        return str(Cancelled())  # "cancelled by the user", whichever thread saw it first
     return f"{type(error).__name__}: {error}"
 
 
@@ -437,10 +484,11 @@ class OperationRun:
         engine.absorb = self.absorb
         engine.is_idempotent = self.is_idempotent
         engine.report_bytes = self.progress.bytes_moved
+        engine.cancel = self.context.cancelled
         if self.policy.prioritise:
             engine.history = self.history()
         self.result_arrays = (engine.started, engine.finished)
-        with LeaseKeeper(self.provider) as lease:
+        with LeaseKeeper(self.provider) as lease, _ctrl_c_cancels(self.context.cancelled):
             try:
                 engine_result = engine.run()
             except Exception as exc:
@@ -565,6 +613,7 @@ class OperationRun:
             f"{flow.kind} {self.record.id} ended in {self.spec.error_status}: {where}{first['message']}",
             self.record.id,
             errors,
+            cancelled=result.cancelled,
         )
 
 

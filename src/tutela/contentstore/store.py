@@ -836,6 +836,7 @@ class ContentStore:
         self,
         items: Iterable[tuple[K, Source]],
         on_error: Callable[[K, OSError], bool] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> Iterator[tuple[K, FileRef]]:
         """Write many files through one pipeline; yields (key, FileRef) in input order.
 
@@ -847,6 +848,10 @@ class ContentStore:
         When a path or `LocalFile` cannot be opened (or a small one read), `on_error(key,
         error)` decides: True leaves the file out (nothing is yielded for it), False (or no
         `on_error`) raises the error.
+
+        `check` is called on the caller's thread before each file and each chunk: what it
+        raises (a cancellation) stops the writing there.  What was committed stays in the
+        store unreferenced until a sweep; nothing in flight is waited for.
         """
         self._check_usable()
         self._ensure_lock()
@@ -917,6 +922,8 @@ class ContentStore:
 
         try:
             for key, source in items:
+                if check is not None:
+                    check()
                 state = _Pending(key)
                 if isinstance(source, LocalFile) and source.size <= small:
                     if files is None:
@@ -936,6 +943,8 @@ class ContentStore:
                             skip(state, exc)
                             stream = ()
                         for data in self.chunker.chunks(stream):
+                            if check is not None:
+                                check()
                             state.size += len(data)
                             if chunks is None:
                                 chunks = _Batch()

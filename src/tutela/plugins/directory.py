@@ -438,6 +438,8 @@ class ProtectDirectory(Operation):
         def listed() -> Iterator[tuple[int, LocalFile]]:
             """Walk the tree into `entries`; yield the files to read as they are listed."""
             for rel, st in _walk(root, exclude):
+                if not len(entries) & 4095:  # a tree of unchanged files reads no data
+                    context.check_cancelled()
                 full = prefix + rel
                 mode = st.st_mode
                 entry: dict[str, Any] = {
@@ -657,7 +659,7 @@ class ProtectDirectory(Operation):
             return True
 
         again: dict[int, tuple[str, os.stat_result]] = {}
-        for index, ref in store.write_many(sources, on_error=gone):
+        for index, ref in store.write_many(sources, on_error=gone, check=context.check_cancelled):
             source, before = todo.pop(index)
             full = source.path
             entries[index]["ref"] = ref.to_json()
@@ -673,6 +675,7 @@ class ProtectDirectory(Operation):
                 again[index] = (full, after)
         changed = []
         for index, (full, before) in again.items():
+            context.check_cancelled()
             try:
                 ref = store.write_file(full)
             except (FileNotFoundError, PermissionError) as exc:
@@ -1077,6 +1080,7 @@ class RestoreDirectory(Operation):
                 for entry, dest in files:
                     if failures:
                         return
+                    context.check_cancelled()
                     try:
                         self._restore_file(store, entry, dest, context, owners)
                     except (CorruptDataError, MissingChunkError) as exc:
@@ -1095,9 +1099,11 @@ class RestoreDirectory(Operation):
                     pool.submit(restore_batch, batch)
                     batch, batch_bytes = [], 0
 
-            for entry in entries:
+            for n, entry in enumerate(entries):
                 if failures:
                     break
+                if not n & 1023:
+                    context.check_cancelled()
                 rel = _safe_rel(entry["path"])
                 dest = target if rel == "." else confined(os.path.join(target, rel))
                 kind = entry["type"]

@@ -1,0 +1,148 @@
+"""Ctrl-C cancels a running operation promptly: a first one sets the context's `cancelled`
+event (a second one interrupts at once), no new task starts, a long hook stops at its next
+check (`context.check_cancelled()`, or
+`context.report_bytes()`), the operation ends in error ("cancelled by the user") and
+`tutela` exits 130.  Earlier checkpoints stay restorable and the next protect works.
+
+The interrupt is a real SIGINT sent to this process while a hook runs on a worker thread
+(Linux hands a process's signal to its main thread first, as it does for a terminal's
+Ctrl-C), where the operation's handler sets the event."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from tutela import OperationFailed, Resource
+from tutela.cli import main
+from tutela.operations import Progress
+
+DIR = "Tutela::Directory"
+FILES = 300
+SIZE = 256 << 10
+
+
+class CtrlC(Progress):
+    """Sends SIGINT to this process once `after` bytes were reported, and counts them."""
+
+    def __init__(self, after: int = 1):
+        self.after = after
+        self.moved = 0
+        self.sent = False
+        self._lock = threading.Lock()
+
+    def bytes_moved(self, count: int) -> None:
+        with self._lock:
+            self.moved += count
+            if self.sent or self.moved < self.after:
+                return
+            self.sent = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    for i in range(FILES):
+        folder = src / f"d{i // 50}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i:03d}").write_bytes(os.urandom(SIZE))
+    return src
+
+
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """Python's own SIGINT handler, whatever ran the tests: the one an operation replaces
+    while it runs (and puts back)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("executor", ["threads", "serial"])
+def test_ctrl_c_stops_a_protect_in_its_hook_and_keeps_earlier_checkpoints(
+    make_provider, tree, tmp_path, executor
+):
+    """With either policy: on the serial one the hook runs on the main thread itself, and a
+    first Ctrl-C only asks (no KeyboardInterrupt in the middle of the store's work)."""
+    provider = make_provider(executor=executor, max_workers=2)
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a").write_text("a\n")
+    earlier = provider.protect([Resource(DIR, str(tmp_path / "small"))])
+
+    progress = CtrlC()
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([Resource(DIR, str(tree))], progress=progress)
+    assert info.value.cancelled
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert "cancelled by the user" in str(info.value)
+    assert "Cancelled:" not in str(info.value)  # said once, not as a class name
+    # The hook stopped at a check: far from every byte was read.
+    assert progress.sent and progress.moved < FILES * SIZE // 2
+    cp = provider.checkpoints.get(info.value.record_id)
+    assert cp.status == "error"
+    record = cp.resource_records()[f"{DIR}#{tree}"]
+    assert record["status"] == "error" and "cancelled by the user" in record["error"]["message"]
+
+    # The earlier checkpoint restores; the next protect runs to the end and restores.
+    out = tmp_path / "out-small"
+    provider.restore(earlier.id, {DIR: {"target": str(out)}})
+    assert (out / "a").read_text() == "a\n"
+    again = provider.protect([Resource(DIR, str(tree))])
+    assert again.status == "available"
+    out = tmp_path / "out"
+    provider.restore(again.id, {DIR: {"target": str(out)}})
+    assert (out / "d3" / "f150").read_bytes() == (tree / "d3" / "f150").read_bytes()
+
+
+def test_ctrl_c_stops_a_restore_and_leaves_no_torn_file(make_provider, tree, tmp_path):
+    provider = make_provider(max_workers=2)
+    cp = provider.protect([Resource(DIR, str(tree))])
+    out = tmp_path / "out"
+    progress = CtrlC()
+    with pytest.raises(OperationFailed) as info:
+        provider.restore(cp.id, {DIR: {"target": str(out)}}, progress=progress)
+    assert info.value.cancelled and "cancelled by the user" in str(info.value)
+    assert progress.moved < FILES * SIZE // 2
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) < FILES
+    for path in written:  # every file there is whole: a cancelled write is removed
+        assert path.read_bytes() == (tree / path.relative_to(out)).read_bytes()
+    # The restore can be run again, over what the cancelled one left.
+    provider.restore(cp.id, {DIR: {"target": str(out), "overwrite": True}})
+    assert len([p for p in out.rglob("*") if p.is_file()]) == FILES
+
+
+def test_tutela_exits_130_when_cancelled(tree, tmp_path, env_config_dir, monkeypatch, capsys):
+    (env_config_dir / "p.conf").write_text(
+        "[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        "executor = threads\nmax_workers = 2\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\nfsync = false\n"
+    )
+    monkeypatch.setattr("tutela.cli.make_progress", lambda quiet=False: CtrlC())
+    assert main(["protect", "--resource", f"{DIR}={tree}"]) == 130
+    err = capsys.readouterr().err
+    assert "ended in error" in err and "cancelled by the user" in err
+    monkeypatch.undo()
+    monkeypatch.setenv("TUTELA_PROVIDER_CONFIG_DIR", str(env_config_dir))
+    assert main(["checkpoints", "list", "--json"]) == 0
+    assert '"status": "error"' in capsys.readouterr().out
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    from tutela.operations import _ctrl_c_cancels
+
+    cancelled = threading.Event()
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_cancels(cancelled):
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks...
+        assert cancelled.wait(5)
+        os.kill(os.getpid(), signal.SIGINT)  # ... the second interrupts
+        threading.Event().wait(5)  # (the handler runs here, in the wait)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Where SIGINT is ignored (a background job), it stays ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with _ctrl_c_cancels(threading.Event()):
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
