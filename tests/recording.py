@@ -71,6 +71,11 @@ def _make_hook(name: str):
                 context.warn(resource, parameters["warn"], parameters.get("warn_counts"))
             if parameters.get("sleep") and (first_attempt or not parameters.get("once")):
                 time.sleep(parameters["sleep"])
+            if parameters.get("wait_cancel"):  # a long hook that checks (test_cancel.py)
+                deadline = time.monotonic() + parameters["wait_cancel"]
+                while time.monotonic() < deadline:
+                    context.check_cancelled()
+                    time.sleep(0.01)
         if name == "on_main" and context.operation == "protect":
             checkpoint.bank_section.put_json(
                 "metadata",
@@ -101,6 +106,9 @@ def operation_class(hooks: frozenset[str]) -> type:
         ns: dict[str, Any] = {name: _make_hook(name) for name in hooks}
 
         def on_abort(self, checkpoint, context, resource, parameters, error=None, **kwargs):
+            # Cleanup is never cut short by a cancel: these must not raise then.
+            context.check_cancelled()
+            context.report_bytes(0)
             with SCENARIO.lock:
                 SCENARIO.aborts.append(resource.id)
 

@@ -146,3 +146,19 @@ def test_a_second_ctrl_c_interrupts_at_once():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with _ctrl_c_cancels(threading.Event()):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_abort_hooks_run_to_their_end_after_a_cancel(make_provider, scenario):
+    """After a cancel, `on_abort` (a release, a cleanup) may wait and report progress:
+    `check_cancelled` and `report_bytes` no longer raise there."""
+    scenario.reset({"app": ["db"], "db": []})
+    provider = make_provider(max_workers=2)
+    progress = CtrlC()
+    params = {"Test::Node": {"report_bytes": 1, "wait_cancel": 30}}
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([Resource("Test::Node", "app")], params, progress=progress)
+    assert info.value.cancelled and progress.sent
+    # Both had started (db's main checked and stopped; app's prepare hooks ran): both
+    # aborted, neither abort raised.
+    assert sorted(scenario.aborts) == ["app", "db"]
+    assert not any(c["hook"] == "on_complete" for c in scenario.calls)

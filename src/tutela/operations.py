@@ -122,6 +122,8 @@ class OperationContext:
         #: Resource key -> the warnings its hooks reported (see `warn`).
         self.warnings: dict[str, list[dict[str, Any]]] = {}
         self.cancelled = threading.Event()
+        #: True while `on_abort` hooks run: cancelling no longer raises (see check_cancelled).
+        self.cleaning_up = False
         self._lock = threading.Lock()
         self._previous: list[Checkpoint] | None = None
 
@@ -152,14 +154,15 @@ class OperationContext:
         """Count `count` bytes moved, for the progress display.  Raises `Cancelled` once the
         operation is cancelled, so a hook that reports progress stops there."""
         self.progress.bytes_moved(count)
-        if self.cancelled.is_set():
+        if self.cancelled.is_set() and not self.cleaning_up:
             raise Cancelled()
 
     def check_cancelled(self) -> None:
         """Raise `Cancelled` once the operation is cancelled (Ctrl-C).  A hook that runs
         long calls it now and then (between files, between blocks) and lets it propagate:
-        the operation then ends in error, "cancelled by the user", and its abort hooks run."""
-        if self.cancelled.is_set():
+        the operation then ends in error, "cancelled by the user", and its abort hooks run
+        (in which it never raises: a cleanup runs to its end)."""
+        if self.cancelled.is_set() and not self.cleaning_up:
             raise Cancelled()
 
     def warn(self, resource: Resource, message: str, counts: dict[str, int] | None = None) -> None:
@@ -285,7 +288,9 @@ class LeaseKeeper:
 
 
 @contextlib.contextmanager
-def _ctrl_c_cancels(cancelled: threading.Event) -> Iterator[None]:
+def _ctrl_c_cancels(
+    cancelled: threading.Event, say: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """While an operation runs, a first Ctrl-C asks it to stop: no new task starts and hooks
     stop at their next check (`check_cancelled`), so nothing is cut off mid-way; a second
     Ctrl-C interrupts at once (KeyboardInterrupt).  Only on the main thread, and only where
@@ -302,6 +307,8 @@ def _ctrl_c_cancels(cancelled: threading.Event) -> Iterator[None]:
         if cancelled.is_set():
             raise KeyboardInterrupt
         cancelled.set()
+        if say is not None:
+            say("cancelling: running hooks stop at their next check (Ctrl-C again: at once)")
 
     signal.signal(signal.SIGINT, first_asks)
     try:
@@ -488,7 +495,10 @@ class OperationRun:
         if self.policy.prioritise:
             engine.history = self.history()
         self.result_arrays = (engine.started, engine.finished)
-        with LeaseKeeper(self.provider) as lease, _ctrl_c_cancels(self.context.cancelled):
+        with (
+            LeaseKeeper(self.provider) as lease,
+            _ctrl_c_cancels(self.context.cancelled, self.progress.message),
+        ):
             try:
                 engine_result = engine.run()
             except Exception as exc:
@@ -568,6 +578,7 @@ class OperationRun:
             )
             if not finished_all:
                 self.record_resource(index, ("(interrupted)", TutelaError("operation stopped")))
+        self.context.cleaning_up = True  # every hook has returned: only on_abort runs now
         for index in sorted(touched):
             op = flow.operations[index]
             if op is not None and has_abort(op):

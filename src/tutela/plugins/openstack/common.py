@@ -238,6 +238,8 @@ def wait_for(
             raise TutelaError(
                 f"{what} still {status or 'unknown'} after {timeout or clients.timeout:g} s"
             )
+        if context is not None:
+            context.check_cancelled()  # Ctrl-C: stop waiting (on_abort cleans up)
         time.sleep(clients.interval)
 
 

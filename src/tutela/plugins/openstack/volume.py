@@ -159,6 +159,8 @@ def _delete_backup(clients: Clients, conn: Any, backup_id: str, context=None) ->
             if not waiting and context is not None:
                 context.progress.message(f"{what}: waiting for a cinder-backup service")
             waiting = True
+            if context is not None:
+                context.check_cancelled()
             time.sleep(clients.interval)
     wait_gone(what, lambda: conn.block_storage.find_backup(backup_id, ignore_missing=True), clients)
     return True
