@@ -153,6 +153,25 @@ def generate(folder: Path, total: int, seed: int = 42) -> dict:
     return desc
 
 
+def add_data_options(ap: argparse.ArgumentParser) -> None:
+    """`--size` and `--data`, as the scripts that time Tutela alone on this data set take."""
+    ap.add_argument("--size", default="1G", help="data set size (default 1G)")
+    ap.add_argument("--data", type=Path, help="data set (default /tmp/tutela-bench-datapath-SIZE)")
+
+
+def ready_data(args: argparse.Namespace) -> Path:
+    """Byte-compile Tutela, make the data set if it is missing, print the run's header
+    lines; the data set's folder."""
+    compile_tutela()
+    data = args.data or Path(tempfile.gettempdir()) / f"tutela-bench-datapath-{args.size}"
+    if not data.exists():
+        print(f"# generating {data} ...", flush=True)
+        generate(data, parse_size(args.size))
+    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"# data {data}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+    return data
+
+
 def files_of(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):

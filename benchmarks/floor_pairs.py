@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datapath import TUTELA, Tutela, compile_tutela, generate, parse_size, read_tree
+from datapath import TUTELA, Tutela, add_data_options, read_tree, ready_data
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -77,17 +77,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--pairs", type=int, default=5, help="floor + first protect pairs (5)")
-    ap.add_argument("--size", default="1G", help="data set size (default 1G)")
-    ap.add_argument("--data", type=Path, help="data set (default /tmp/tutela-bench-datapath-SIZE)")
+    add_data_options(ap)
     ap.add_argument("--sample", action="store_true", help="one more protect, cores sampled")
     args = ap.parse_args()
-    compile_tutela()
-    data = args.data or Path(tempfile.gettempdir()) / f"tutela-bench-datapath-{args.size}"
-    if not data.exists():
-        print(f"# generating {data} ...", flush=True)
-        generate(data, parse_size(args.size))
-    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"# data {data}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+    data = ready_data(args)
     ratios = []
     with tempfile.TemporaryDirectory(prefix="tutela-pairs-", dir=data.parent) as tmp:
         log = open(Path(tmp) / "tools.log", "ab")  # noqa: SIM115 - closed with the folder

@@ -45,7 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datapath import Tutela, compile_tutela, generate, parse_size, read_tree
+from datapath import Tutela, add_data_options, read_tree, ready_data
 
 #: stage -> [CPU s, calls]; one lock: the wrapped calls are coarse (a batch, a pack, a file)
 _totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -230,16 +230,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=1, help="first protects (1)")
-    ap.add_argument("--size", default="1G", help="data set size (default 1G)")
-    ap.add_argument("--data", type=Path, help="data set (default /tmp/tutela-bench-datapath-SIZE)")
+    add_data_options(ap)
     args = ap.parse_args()
-    compile_tutela()
-    data = args.data or Path(tempfile.gettempdir()) / f"tutela-bench-datapath-{args.size}"
-    if not data.exists():
-        print(f"# generating {data} ...", flush=True)
-        generate(data, parse_size(args.size))
-    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"# data {data}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+    data = ready_data(args)
     start = []
     for _ in range(3):  # the CLI's start, which the in-process protects below skip
         t0 = time.perf_counter()
