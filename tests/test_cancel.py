@@ -162,3 +162,33 @@ def test_abort_hooks_run_to_their_end_after_a_cancel(make_provider, scenario):
     # aborted, neither abort raised.
     assert sorted(scenario.aborts) == ["app", "db"]
     assert not any(c["hook"] == "on_complete" for c in scenario.calls)
+
+
+def bank_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_the_next_protect_reuses_what_a_cancelled_one_stored(make_provider, tree, tmp_path):
+    """What a cancelled first protect stored (packs, and the index naming them, written as
+    the store closed) is deduplicated against by the next protect: the run is resumed at the
+    data level, not redone."""
+    provider = make_provider(max_workers=2)
+    progress = CtrlC(after=FILES * SIZE // 3)
+    with pytest.raises(OperationFailed):
+        provider.protect([Resource(DIR, str(tree))], progress=progress)
+    provider.close()
+    cancelled = bank_bytes(tmp_path / "bank")
+    assert cancelled > FILES * SIZE // 4  # a third of the (random) data was stored
+
+    provider = make_provider(max_workers=2)
+    cp = provider.protect([Resource(DIR, str(tree))])
+    provider.close()
+    both = bank_bytes(tmp_path / "bank")
+
+    fresh = make_provider(max_workers=2, root=str(tmp_path / "fresh"))
+    fresh.protect([Resource(DIR, str(tree))])
+    fresh.close()
+    whole = bank_bytes(tmp_path / "fresh")
+    # Without reuse the bank would hold the cancelled third and a whole protect again.
+    assert both < whole + cancelled // 10
+    assert provider.checkpoints.get(cp.id).status == "available"
