@@ -316,7 +316,6 @@ class Engine:
             if dispatcher is None:
                 while ready and not stopping:
                     if self.cancel.is_set():  # Ctrl-C (operations.py): no new task
-                        result.cancelled = True
                         break
                     node = pop()
                     if not (mask[node >> 2] >> (node & 3)) & 1:
@@ -328,8 +327,7 @@ class Engine:
                         self.run_task(node)
                         error = None
                     except KeyboardInterrupt:
-                        result.cancelled = True
-                        self.cancel.set()
+                        self.cancel.set()  # result.cancelled: in run()'s finally
                         error = Cancelled()
                     except Exception as exc:
                         error = exc
@@ -338,13 +336,12 @@ class Engine:
                 return result
             return self._run_parallel(dispatcher, done, ready, settle, advance, result)
         except KeyboardInterrupt:
-            result.cancelled = True
-            self.cancel.set()
+            self.cancel.set()  # result.cancelled: in run()'s finally
             return result
         finally:
             if dispatcher is not None:
                 dispatcher.close()
-            if self.cancel.is_set():  # also when a hook saw it first and raised Cancelled
+            if self.cancel.is_set():  # by Ctrl-C, here or in a hook's thread
                 result.cancelled = True
 
     def _run_parallel(
@@ -373,8 +370,8 @@ class Engine:
         inflight = 0
         stopping = False
         while True:
-            if not stopping and self.cancel.is_set():  # Ctrl-C (operations.py): no new task
-                result.cancelled = stopping = True
+            if self.cancel.is_set():  # Ctrl-C (operations.py): no new task
+                stopping = True
             while ready and not stopping and inflight < limit:
                 batch: list[int] = []
                 key = None
@@ -421,8 +418,7 @@ class Engine:
             try:
                 items = done.get()
             except KeyboardInterrupt:
-                result.cancelled = True
-                self.cancel.set()
+                self.cancel.set()  # result.cancelled: in run()'s finally
                 stopping = True
                 continue
             inflight -= 1
@@ -435,6 +431,5 @@ class Engine:
                 if error is not None:
                     stopping = True
                     if isinstance(error, KeyboardInterrupt):  # hit a task run here
-                        result.cancelled = True
-                        self.cancel.set()
+                        self.cancel.set()  # result.cancelled: in run()'s finally
         return result
