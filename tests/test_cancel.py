@@ -26,10 +26,12 @@ SIZE = 256 << 10
 
 
 class CtrlC(Progress):
-    """Sends SIGINT to this process once `after` bytes were reported, and counts them."""
+    """Sends SIGINT (or `sig`) to this process once `after` bytes were reported, and counts
+    them."""
 
-    def __init__(self, after: int = 1):
+    def __init__(self, after: int = 1, sig: int = signal.SIGINT):
         self.after = after
+        self.sig = sig
         self.moved = 0
         self.sent = False
         self._lock = threading.Lock()
@@ -40,7 +42,7 @@ class CtrlC(Progress):
             if self.sent or self.moved < self.after:
                 return
             self.sent = True
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), self.sig)
 
 
 @pytest.fixture
@@ -54,12 +56,14 @@ def tree(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def default_sigint():
-    """Python's own SIGINT handler, whatever ran the tests: the one an operation replaces
-    while it runs (and puts back)."""
+def default_signals():
+    """Python's own SIGINT and SIGTERM dispositions, whatever ran the tests: those an
+    operation replaces while it runs (and puts back)."""
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
     signal.signal(signal.SIGINT, old)
+    signal.signal(signal.SIGTERM, old_term)
 
 
 @pytest.mark.parametrize("executor", ["threads", "serial"])
@@ -133,19 +137,51 @@ def test_tutela_exits_130_when_cancelled(tree, tmp_path, env_config_dir, monkeyp
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
-    from tutela.operations import _ctrl_c_cancels
+    from types import SimpleNamespace
 
-    cancelled = threading.Event()
-    with pytest.raises(KeyboardInterrupt), _ctrl_c_cancels(cancelled):
+    from tutela.operations import _signals_cancel
+
+    context = SimpleNamespace(
+        cancelled=threading.Event(), cancel_signal=0, cancel_reason="cancelled by the user"
+    )
+    said = []
+    with pytest.raises(KeyboardInterrupt), _signals_cancel(context, said.append):
         os.kill(os.getpid(), signal.SIGINT)  # the first asks...
-        assert cancelled.wait(5)
+        assert context.cancelled.wait(5)
+        assert said == [
+            "Ctrl-C: cancelling, running hooks stop at their next check (Ctrl-C again: at once)"
+        ]
         os.kill(os.getpid(), signal.SIGINT)  # ... the second interrupts
         threading.Event().wait(5)  # (the handler runs here, in the wait)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     # Where SIGINT is ignored (a background job), it stays ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with _ctrl_c_cancels(threading.Event()):
+    with _signals_cancel(context):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_sigterm_cancels_like_ctrl_c_and_exits_143(
+    make_provider, tree, tmp_path, env_config_dir, monkeypatch, capsys
+):
+    """A service manager stops Tutela with SIGTERM: the operation is cancelled the same way
+    (so `on_abort` runs: a quiesce is released), says so, and the exit status is 143."""
+    provider = make_provider(max_workers=2)
+    with pytest.raises(OperationFailed) as info:
+        provider.protect([Resource(DIR, str(tree))], progress=CtrlC(sig=signal.SIGTERM))
+    assert info.value.cancelled == signal.SIGTERM
+    assert "cancelled by SIGTERM" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    assert provider.checkpoints.get(info.value.record_id).status == "error"
+
+    (env_config_dir / "p.conf").write_text(
+        "[provider]\nid = test-provider\nbank = filesystem\nplugin = directory\n"
+        "executor = threads\nmax_workers = 2\n"
+        f"[filesystem_bank]\nroot = {tmp_path / 'bank2'}\nfsync = false\n"
+    )
+    monkeypatch.setattr("tutela.cli.make_progress", lambda quiet=False: CtrlC(sig=signal.SIGTERM))
+    assert main(["protect", "--resource", f"{DIR}={tree}"]) == 143
+    assert "cancelled by SIGTERM" in capsys.readouterr().err
 
 
 def test_abort_hooks_run_to_their_end_after_a_cancel(make_provider, scenario):

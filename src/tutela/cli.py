@@ -347,7 +347,7 @@ def _failed(args, exc: OperationFailed) -> int:
     if args.json:
         print_json({"error": str(exc), "id": exc.record_id, "errors": exc.errors})
     print(f"tutela: {exc}", file=sys.stderr)
-    return EXIT_INTERRUPTED if exc.cancelled else 1
+    return 128 + exc.cancelled if exc.cancelled else 1  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def cmd_checkpoints_list(args) -> int:

@@ -67,7 +67,7 @@ class HookError(TutelaError):
 
 
 class Cancelled(TutelaError):
-    """The operation was cancelled (Ctrl-C): raised inside hooks by
+    """The operation was cancelled (Ctrl-C, SIGTERM): raised inside hooks by
     `context.check_cancelled()` and `context.report_bytes()`, so that a long hook stops at
     its next check instead of running to its end."""
 
@@ -77,14 +77,15 @@ class Cancelled(TutelaError):
 
 class OperationFailed(TutelaError):
     """An operation ended in error; carries the record id (checkpoint or restore), and
-    whether it ended because it was cancelled."""
+    whether it ended because it was cancelled: the signal that cancelled it (SIGINT,
+    SIGTERM), else 0."""
 
     def __init__(
         self,
         message: str,
         record_id: str | None = None,
         errors: list | None = None,
-        cancelled: bool = False,
+        cancelled: int = 0,
     ):
         self.record_id = record_id
         self.errors = errors or []

@@ -122,6 +122,10 @@ class OperationContext:
         #: Resource key -> the warnings its hooks reported (see `warn`).
         self.warnings: dict[str, list[dict[str, Any]]] = {}
         self.cancelled = threading.Event()
+        #: Which signal cancelled the operation (SIGINT: Ctrl-C; SIGTERM: a service manager
+        #: stopping it), and how the record says so.
+        self.cancel_signal: int = signal.SIGINT
+        self.cancel_reason = "cancelled by the user"
         #: True while `on_abort` hooks run: cancelling no longer raises (see check_cancelled).
         self.cleaning_up = False
         self._lock = threading.Lock()
@@ -155,7 +159,7 @@ class OperationContext:
         operation is cancelled, so a hook that reports progress stops there."""
         self.progress.bytes_moved(count)
         if self.cancelled.is_set() and not self.cleaning_up:
-            raise Cancelled()
+            raise Cancelled(self.cancel_reason)
 
     def check_cancelled(self) -> None:
         """Raise `Cancelled` once the operation is cancelled (Ctrl-C).  A hook that runs
@@ -163,7 +167,7 @@ class OperationContext:
         the operation then ends in error, "cancelled by the user", and its abort hooks run
         (in which it never raises: a cleanup runs to its end)."""
         if self.cancelled.is_set() and not self.cleaning_up:
-            raise Cancelled()
+            raise Cancelled(self.cancel_reason)
 
     def warn(self, resource: Resource, message: str, counts: dict[str, int] | None = None) -> None:
         """Report that `resource` was protected incompletely (e.g. files left out), or
@@ -288,38 +292,50 @@ class LeaseKeeper:
 
 
 @contextlib.contextmanager
-def _ctrl_c_cancels(
-    cancelled: threading.Event, say: Callable[[str], None] | None = None
+def _signals_cancel(
+    context: OperationContext, say: Callable[[str], None] | None = None
 ) -> Iterator[None]:
-    """While an operation runs, a first Ctrl-C asks it to stop: no new task starts and hooks
-    stop at their next check (`check_cancelled`), so nothing is cut off mid-way; a second
-    Ctrl-C interrupts at once (KeyboardInterrupt).  Only on the main thread, and only where
-    SIGINT has Python's own handler (an application embedding Tutela keeps its own; a
+    """While an operation runs, a first Ctrl-C (SIGINT) or SIGTERM (systemd, a container
+    runtime stopping the service) asks it to stop: no new task starts and hooks stop at
+    their next check (`check_cancelled`), so nothing is cut off mid-way and `on_abort` still
+    runs (a group's quiesce is released).  A second signal interrupts at once
+    (KeyboardInterrupt).  Only on the main thread, and only for a signal that has Python's
+    default disposition (an application embedding Tutela keeps its own handlers; a
     background job's ignored SIGINT stays ignored)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    taken = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
 
     def first_asks(signum: int, frame: Any) -> None:
-        if cancelled.is_set():
+        if context.cancelled.is_set():
             raise KeyboardInterrupt
-        cancelled.set()
+        context.cancel_signal = signum
+        if signum != signal.SIGINT:
+            context.cancel_reason = f"cancelled by {signal.Signals(signum).name}"
+        context.cancelled.set()
         if say is not None:
-            say("cancelling: running hooks stop at their next check (Ctrl-C again: at once)")
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            say(
+                f"{name}: cancelling, running hooks stop at their next check "
+                f"({name} again: at once)"
+            )
 
-    signal.signal(signal.SIGINT, first_asks)
+    for sig in taken:
+        signal.signal(sig, first_asks)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in taken:
+            signal.signal(sig, defaults[sig])
 
 
 def _error_text(error: BaseException) -> str:
-    if isinstance(error, Cancelled | KeyboardInterrupt):
-        return str(Cancelled())  # "cancelled by the user", whichever thread saw it first
+    if isinstance(error, Cancelled):
+        return str(error)  # "cancelled by the user": a reason, not a failure to explain
+    if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C, in a hook on this thread
+        return str(Cancelled())
     return f"{type(error).__name__}: {error}"
 
 
@@ -497,7 +513,7 @@ class OperationRun:
         self.result_arrays = (engine.started, engine.finished)
         with (
             LeaseKeeper(self.provider) as lease,
-            _ctrl_c_cancels(self.context.cancelled, self.progress.message),
+            _signals_cancel(self.context, self.progress.message),
         ):
             try:
                 engine_result = engine.run()
@@ -601,7 +617,7 @@ class OperationRun:
                 except Exception as exc:
                     self.progress.message(f"{resource.key}: on_abort failed: {_error_text(exc)}")
         if result.cancelled and not errors:
-            errors.append({"message": "cancelled by the user"})
+            errors.append({"message": self.context.cancel_reason})
         with contextlib.suppress(BankError):
             self._persist(self.record.records.flush)
         try:
@@ -624,7 +640,7 @@ class OperationRun:
             f"{flow.kind} {self.record.id} ended in {self.spec.error_status}: {where}{first['message']}",
             self.record.id,
             errors,
-            cancelled=result.cancelled,
+            cancelled=self.context.cancel_signal if result.cancelled else 0,
         )
 
 
