@@ -232,3 +232,39 @@ def test_a_warning_made_on_a_worker_reaches_the_checkpoint(cluster, scenario, tm
         {"message": "3 files left out", "counts": {"files": 3}}
     ]
     assert "warnings" not in records[f"{TYPE}#p"]
+
+
+def test_ctrl_c_reaches_hooks_running_on_the_workers(cluster, scenario, tmp_path):
+    """A first Ctrl-C sets the operation's cancel event on every worker too: a hook there
+    that checks (`context.check_cancelled`) stops at once instead of running to its end."""
+    import signal
+
+    from tutela.operations import Progress
+
+    class CtrlC(Progress):
+        sent = False
+
+        def bytes_moved(self, count):  # the hook is running on its worker
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+
+    scenario.reset({"long": []})
+    provider = provider_for(cluster, tmp_path)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(OperationFailed) as info:
+            provider.protect(
+                [Resource(TYPE, "long")],
+                {TYPE: {"report_bytes": 1, "wait_cancel": 60}},
+                progress=CtrlC(),
+            )
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert time.monotonic() - t0 < 30  # not the hook's 60 s
+    assert info.value.cancelled == signal.SIGINT
+    message = str(info.value)
+    assert message.endswith("on_main: cancelled by the user") and "RemoteError" not in message
+    record = provider.checkpoints.get(info.value.record_id).resource_records()[f"{TYPE}#long"]
+    assert record["status"] == "error"

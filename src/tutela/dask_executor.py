@@ -34,7 +34,7 @@ import uuid
 from typing import Any
 
 from tutela.engine import Dispatcher, ExecutorPolicy
-from tutela.errors import HookError, TutelaError
+from tutela.errors import Cancelled, HookError, TutelaError
 from tutela.plugin import HOOKS
 
 MAX_RETRIES = 3
@@ -239,7 +239,9 @@ class DaskDispatcher(Dispatcher):
                     err = None
                     if error is not None:
                         resource = self.flow.graph.nodes[node >> 2]
-                        err = HookError(resource, HOOKS[node & 3], RemoteError(error))
+                        cancelled = self.engine.cancel.is_set() and error.startswith("cancelled")
+                        cause = Cancelled(error) if cancelled else RemoteError(error)
+                        err = HookError(resource, HOOKS[node & 3], cause)
                     items.append((node, t0, t1, err, extra))
                 self.done.put(items)
                 return
@@ -266,6 +268,13 @@ class DaskDispatcher(Dispatcher):
             items.append((node, now, now, HookError(resource, hook, RemoteError(reason)), None))
         self.done.put(items)
 
+    def cancel(self) -> None:
+        """Set the operation's cancel event on every worker, so that its hooks running there
+        stop at their next check (`check_cancelled`, `report_bytes`), as local ones do."""
+        record_id = self.engine.describe_common()["record_id"]
+        with contextlib.suppress(Exception):  # a lost worker runs nothing more anyway
+            self.client.run(_cancel_remote, record_id)
+
     def _retry_loop(self) -> None:
         while True:
             batch = self.retry_q.get()
@@ -280,6 +289,8 @@ class DaskDispatcher(Dispatcher):
     def close(self) -> None:
         self.closed = True
         self.retry_q.put(None)
+        with contextlib.suppress(Exception):
+            self.client.run(_forget_cancel, self.engine.describe_common()["record_id"])
         # Workers keep providers between batches; their content stores announce a writer
         # lock that would hold back space-freeing sweeps, so end them with the operation.
         with contextlib.suppress(Exception):
@@ -328,6 +339,26 @@ class _Counter:
 
     def __getattr__(self, name: str):
         return lambda *a, **k: None
+
+
+#: record id -> its cancel event, shared by the contexts of that operation's hooks here.
+_CANCELS: dict[str, threading.Event] = {}
+
+
+def _cancel_event(record_id: str) -> threading.Event:
+    with _LOCK:
+        return _CANCELS.setdefault(record_id, threading.Event())
+
+
+def _cancel_remote(record_id: str) -> None:
+    """On a worker (client.run): the operation `record_id` was cancelled."""
+    _cancel_event(record_id).set()
+
+
+def _forget_cancel(record_id: str) -> None:
+    """On a worker (client.run): the operation ended."""
+    with _LOCK:
+        _CANCELS.pop(record_id, None)
 
 
 def _close_stores() -> int:
@@ -382,6 +413,7 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
     worker_obj = get_worker()
     counter = _Counter(job.get("progress_topic"), worker_obj)
     context = OperationContext(provider, kind, job["record_id"], counter)  # type: ignore[arg-type]
+    context.cancelled = _cancel_event(job["record_id"])  # set by DaskDispatcher.cancel
     context.new_resources.update(
         {
             k: Resource.from_dict(v) if isinstance(v, dict) and "type" in v else v
@@ -412,6 +444,8 @@ def run_batch(sealed: Sealed) -> list[tuple[int, float, float, str | None, dict[
         try:
             call_hook(op, HOOKS[hook_index], kwargs)
             error = None
+        except Cancelled as exc:  # said as it is: not a failure to explain
+            error = str(exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         t1 = time.time()

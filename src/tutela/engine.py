@@ -117,6 +117,10 @@ class Dispatcher:
         task (a long chain of no-op hooks: one thread wake-up per task)."""
         return False
 
+    def cancel(self) -> None:
+        """The run was cancelled: tell hooks running elsewhere (remote workers) to stop at
+        their next check.  Local hooks see the engine's `cancel` event directly."""
+
     def close(self) -> None: ...
 
 
@@ -249,8 +253,10 @@ class Engine:
         self.absorb: Callable[[int, Any], None] | None = None
         self.is_idempotent: Callable[[int], bool] = lambda node: False
         self.report_bytes: Callable[[int], None] | None = None
-        #: Set when the run is cancelled (Ctrl-C), for hooks in flight to see.
+        #: Set when the run is cancelled (Ctrl-C), for hooks in flight to see; then call
+        #: `wake()`, so that a run waiting for its tasks hears of it at once.
         self.cancel = threading.Event()
+        self._done: queue.SimpleQueue | None = None
         #: How long each resource's hooks took last time (`TYPE#ID` -> hook -> seconds), so
         #: that the dispatch priority knows which tasks are long before they run.
         self.history: dict[str, dict[str, float]] | None = None
@@ -258,6 +264,13 @@ class Engine:
         #: listener hears of the task, so listeners may read them.
         self.started = array("d", bytes(8 * flow.node_count))
         self.finished = array("d", bytes(8 * flow.node_count))
+
+    def wake(self) -> None:
+        """Make a parallel run that waits for its tasks look at `cancel` now (safe from a
+        signal handler: one put on a SimpleQueue)."""
+        done = self._done
+        if done is not None:
+            done.put(None)
 
     def run(self) -> EngineResult:
         flow = self.flow
@@ -272,6 +285,7 @@ class Engine:
         parents = graph.parents
         successors = flow.successors
         done: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = done
         dispatcher = self.policy.dispatcher(self, done)
         if dispatcher is not None:
             try:
@@ -369,9 +383,13 @@ class Engine:
         workers = max(1, self.policy.max_workers)
         inflight = 0
         stopping = False
+        told = False  # whether the dispatcher heard of a cancel
         while True:
             if self.cancel.is_set():  # Ctrl-C (operations.py): no new task
                 stopping = True
+                if not told:
+                    told = True
+                    dispatcher.cancel()
             while ready and not stopping and inflight < limit:
                 batch: list[int] = []
                 key = None
@@ -420,6 +438,8 @@ class Engine:
             except KeyboardInterrupt:
                 self.cancel.set()  # result.cancelled: in run()'s finally
                 stopping = True
+                continue
+            if items is None:  # wake(): look at `cancel`
                 continue
             inflight -= 1
             for node, t0, t1, error, extra in items:

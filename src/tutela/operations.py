@@ -293,7 +293,9 @@ class LeaseKeeper:
 
 @contextlib.contextmanager
 def _signals_cancel(
-    context: OperationContext, say: Callable[[str], None] | None = None
+    context: OperationContext,
+    say: Callable[[str], None] | None = None,
+    wake: Callable[[], None] | None = None,
 ) -> Iterator[None]:
     """While an operation runs, a first Ctrl-C (SIGINT) or SIGTERM (systemd, a container
     runtime stopping the service) asks it to stop: no new task starts and hooks stop at
@@ -315,6 +317,8 @@ def _signals_cancel(
         if signum != signal.SIGINT:
             context.cancel_reason = f"cancelled by {signal.Signals(signum).name}"
         context.cancelled.set()
+        if wake is not None:
+            wake()
         if say is not None:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             say(
@@ -513,7 +517,7 @@ class OperationRun:
         self.result_arrays = (engine.started, engine.finished)
         with (
             LeaseKeeper(self.provider) as lease,
-            _signals_cancel(self.context, self.progress.message),
+            _signals_cancel(self.context, self.progress.message, engine.wake),
         ):
             try:
                 engine_result = engine.run()
