@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -228,3 +229,39 @@ def test_the_next_protect_reuses_what_a_cancelled_one_stored(make_provider, tree
     # Without reuse the bank would hold the cancelled third and a whole protect again.
     assert both < whole + cancelled // 10
     assert provider.checkpoints.get(cp.id).status == "available"
+
+
+def test_ctrl_c_stops_a_hanging_quiesce_command(make_provider, tmp_path):
+    """A group's quiesce command that hangs is stopped by a cancel as its timeout would stop
+    it (killed, no release: the window never opened), not waited for."""
+    pid_file = tmp_path / "pid"
+    log = tmp_path / "log"
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(
+        "[groups.app]\nmembers = []\n"
+        f'prepare_begin_command = ["sh", "-c", "echo $$ > {pid_file}; exec sleep 60"]\n'
+        f'prepare_finish_command = ["sh", "-c", "echo release >> {log}"]\n'
+        "command_timeout = 120\n"
+    )
+    provider = make_provider(max_workers=2, extra={"group": {"inventory": str(inventory)}})
+
+    def ctrl_c_once_running() -> None:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=ctrl_c_once_running)
+    t0 = time.monotonic()
+    sender.start()
+    try:
+        with pytest.raises(OperationFailed) as info:
+            provider.protect([Resource("Tutela::Group", "app")])
+    finally:
+        sender.join()
+    assert time.monotonic() - t0 < 20  # not the command's 60 s
+    assert info.value.cancelled and "cancelled by the user" in str(info.value)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # the command is gone (killed, and reaped)
+        os.kill(pid, 0)
+    assert not log.exists()

@@ -15,6 +15,8 @@ Protect runs `prepare_begin_command` in prepare_begin (before any member's hook)
 `prepare_finish_command` in prepare_finish (after every member's prepare_finish), so every
 member's snapshot falls inside the window; if the operation fails in between, the release
 command still runs (on_abort).  Commands run without a shell, with TUTELA_* variables set.
+A command that outlives `command_timeout` is killed, and so is a quiesce command when the
+operation is cancelled (Ctrl-C, SIGTERM); a release command always runs to its end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shlex
 import subprocess
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,18 +188,49 @@ class GroupProtectable(Protectable):
         return [context.show_resource(m.type, m.id) for m in spec["members"]]
 
 
-def run_command(command: str | list[str], timeout: float, env: dict[str, str], what: str) -> None:
+def run_command(
+    command: str | list[str],
+    timeout: float,
+    env: dict[str, str],
+    what: str,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Run a quiesce or release command.  It is killed when it outlives `timeout`, or when
+    `check` raises (a cancel: Ctrl-C, SIGTERM), which is then raised."""
     args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
     try:
-        proc = subprocess.run(
-            args, env={**os.environ, **env}, capture_output=True, timeout=timeout, check=False
+        proc = subprocess.Popen(
+            args,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
     except FileNotFoundError:
         raise TutelaError(f"{what}: command not found: {args[0]!r}") from None
-    except subprocess.TimeoutExpired:
-        raise TutelaError(f"{what}: command {args[0]!r} timed out after {timeout:g} s") from None
+    deadline = time.monotonic() + timeout
+    with proc:
+        while True:
+            try:  # (retrying communicate() after its timeout loses no output)
+                _, stderr = proc.communicate(
+                    timeout=max(0.0, min(0.1, deadline - time.monotonic()))
+                )
+                break
+            except subprocess.TimeoutExpired:
+                stop: BaseException | None = None
+                if time.monotonic() >= deadline:
+                    stop = TutelaError(f"{what}: command {args[0]!r} timed out after {timeout:g} s")
+                elif check is not None:
+                    try:
+                        check()
+                    except BaseException as exc:
+                        stop = exc
+                if stop is not None:
+                    proc.kill()
+                    proc.communicate()
+                    raise stop from None
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise TutelaError(
             f"{what}: command {args[0]!r} exited with {proc.returncode}"
             + (f": {' | '.join(tail)}" if tail else "")
@@ -207,7 +241,7 @@ class ProtectGroup(Operation):
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
 
-    def _run(self, key: str, checkpoint, resource, parameters) -> float | None:
+    def _run(self, key: str, checkpoint, resource, parameters, check=None) -> float | None:
         command = self.spec.get(key)
         if not command or not parameters.get("quiesce", True):
             return None
@@ -217,7 +251,7 @@ class ProtectGroup(Operation):
             "TUTELA_RESOURCE_ID": resource.id,
             "TUTELA_HOOK": key.removesuffix("_command"),
         }
-        run_command(command, timeout, env, f"{resource.key} {key}")
+        run_command(command, timeout, env, f"{resource.key} {key}", check)
         return time.time()
 
     def _write(self, checkpoint, **times: float | None) -> None:
@@ -234,7 +268,11 @@ class ProtectGroup(Operation):
         section.put_json("metadata", info)
 
     def on_prepare_begin(self, checkpoint, context, resource, parameters, **kwargs):
-        quiesced = self._run("prepare_begin_command", checkpoint, resource, parameters)
+        # A cancel stops the quiesce command as its timeout would (no release follows: the
+        # window never opened).  The release command is never cut short.
+        quiesced = self._run(
+            "prepare_begin_command", checkpoint, resource, parameters, context.check_cancelled
+        )
         self._write(checkpoint, quiesced_at=quiesced)
 
     def on_prepare_finish(self, checkpoint, context, resource, parameters, **kwargs):
