@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -387,6 +388,19 @@ def test_every_option_and_subcommand_has_help():
         if not action.help
     ]
     assert missing == []
+
+
+def test_help_lists_every_exit_status(capsys):
+    """A script calling tutela learns from `--help` what each exit status means: every one
+    the CLI can return is there."""
+    from tutela import cli
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    statuses = {0, 1, 2, cli.EXIT_INCOMPLETE, 130, 143, cli.EXIT_BROKEN_PIPE}
+    for status in sorted(statuses):
+        assert re.search(rf"\b{status} ", text.split("exit status:", 1)[1]), status
 
 
 def test_checkpoints_usage_lists_every_subcommand(capsys):

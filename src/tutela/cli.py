@@ -2,8 +2,9 @@
 the provider.  Every command takes `--json`; exit status is 0 on success, 1 when an operation
 or lookup fails, 2 for usage errors, 3 when `protect` made an available checkpoint that a plugin
 reported incomplete (data left out, as restic's 3) or `restore` succeeded with warnings (the
-restored resources differ from the checkpoint), 141 (128 + SIGPIPE) when the reader of the
-output went away (`tutela ... | head -1`)."""
+restored resources differ from the checkpoint), 130 or 143 (128 + SIGINT or SIGTERM) when an
+operation was cancelled, 141 (128 + SIGPIPE) when the reader of the output went away
+(`tutela ... | head -1`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ class UsageError(CLIError):
 #: killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # an operation cancelled with Ctrl-C, as a shell has it
+#: `tutela --help`'s last lines: what a script calling tutela must know.
+EXIT_STATUSES = (
+    "exit status: 0 success; 1 an operation or a lookup failed; 2 usage error; 3 an available "
+    "checkpoint is incomplete, or a restore differs from its checkpoint (warnings); 130 or 143 "
+    "cancelled by Ctrl-C or SIGTERM (the first one stops running hooks at their next check, a "
+    "second one at once); 141 the output's reader went away"
+)
 #: Exit status of a protect whose checkpoint is available but has warnings (some data was left
 #: out), or of a restore that succeeded with warnings (what it restored differs from the
 #: checkpoint): scripts and monitoring must notice, as with restic's "some files could not be
@@ -716,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tutela",
         description="Protect, restore and delete graphs of resources.",
+        epilog=EXIT_STATUSES,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"tutela {__version__}")
