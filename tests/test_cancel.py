@@ -127,7 +127,7 @@ def test_tutela_exits_130_when_cancelled(tree, tmp_path, env_config_dir, monkeyp
         "executor = threads\nmax_workers = 2\n"
         f"[filesystem_bank]\nroot = {tmp_path / 'bank'}\nfsync = false\n"
     )
-    monkeypatch.setattr("tutela.cli.make_progress", lambda quiet=False: CtrlC())
+    monkeypatch.setattr("tutela.cli.make_progress", lambda **kw: CtrlC())
     assert main(["protect", "--resource", f"{DIR}={tree}"]) == 130
     err = capsys.readouterr().err
     assert "ended in error" in err and "cancelled by the user" in err
@@ -180,7 +180,7 @@ def test_sigterm_cancels_like_ctrl_c_and_exits_143(
         "executor = threads\nmax_workers = 2\n"
         f"[filesystem_bank]\nroot = {tmp_path / 'bank2'}\nfsync = false\n"
     )
-    monkeypatch.setattr("tutela.cli.make_progress", lambda quiet=False: CtrlC(sig=signal.SIGTERM))
+    monkeypatch.setattr("tutela.cli.make_progress", lambda **kw: CtrlC(sig=signal.SIGTERM))
     assert main(["protect", "--resource", f"{DIR}={tree}"]) == 143
     assert "cancelled by SIGTERM" in capsys.readouterr().err
 

@@ -51,6 +51,62 @@ def run_json(capsys, *argv) -> tuple[int, object]:
     return code, json.loads(out) if out.strip() else None
 
 
+def json_events(err: str) -> list[dict]:
+    """stderr of a `--json` operation: every line one JSON object."""
+    return [json.loads(line) for line in err.splitlines()]
+
+
+def test_json_progress_is_one_object_per_line(setup, tmp_path, capsys):
+    """With `--json`, a protect's and a restore's progress on stderr is JSON lines that a
+    frontend can follow: started, each task, status, messages, finished, and the CLI's own
+    error line."""
+    src = setup
+    assert main(["protect", "--resource", f"{DIR}={src}", "--json"]) == 0
+    captured = capsys.readouterr()
+    cp = json.loads(captured.out)
+    events = json_events(captured.err)
+    assert events[0] == {
+        "event": "started",
+        "time": events[0]["time"],
+        "operation": "protect",
+        "id": cp["id"],
+        "resources": 1,
+        "tasks": 1,
+    }
+    kinds = [e["event"] for e in events]
+    assert kinds.count("task_started") == kinds.count("task_finished") == 1
+    finished = next(e for e in events if e["event"] == "task_finished")
+    assert finished == {
+        "event": "task_finished",
+        "time": finished["time"],
+        "resource": f"{DIR}#{src}",
+        "hook": "on_main",
+    }
+    last = events[-1]
+    assert last["event"] == "finished" and last["status"] == "available"
+    assert (last["done"], last["total"], last["failed"]) == (1, 1, 0)
+    assert last["bytes"] == len("alpha\n") + 100_000
+    times = [e["time"] for e in events]
+    assert times == sorted(times)
+
+    # A restore that fails (a non-empty target): the error is in its task's event.
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "x").write_text("x")
+    params = tmp_path / "r.json"
+    params.write_text(json.dumps({DIR: {"target": str(target)}}))
+    assert main(["restore", cp["id"], "--parameters", str(params), "--json"]) == 1
+    events = json_events(capsys.readouterr().err)  # the CLI's own error line too
+    failed = next(e for e in events if e["event"] == "task_finished")
+    assert "not empty" in failed["error"]
+    assert events[-2]["event"] == "finished" and events[-2]["status"] == "error"
+    assert events[-1]["event"] == "error" and "ended in error" in events[-1]["message"]
+    # An error before any operation runs: one JSON line too.
+    assert main(["restore", "00000000-0000-7000-8000-000000000000", "--json"]) == 1
+    [event] = json_events(capsys.readouterr().err)
+    assert event["event"] == "error" and "no provider's bank holds" in event["message"]
+
+
 def test_protect_list_show_restore_delete(setup, tmp_path, capsys):
     src = setup
     code, cp = run_json(capsys, "protect", "--resource", f"{DIR}={src}", "-q")

@@ -191,7 +191,8 @@ def test_a_restore_that_may_not_create_a_device_leaves_it_out_and_warns(
     assert warning["message"] == "1 device or FIFO not created (not permitted, left out)"
     assert "null" not in warning["message"]
     assert any("CAP_MKNOD" in line and "null" in line for line in done.stderr.splitlines())
-    assert done.stderr.splitlines()[-1].endswith(warning["message"])
+    last = json.loads(done.stderr.splitlines()[-1])  # --json: stderr is JSON lines
+    assert last["event"] == "warnings" and last["message"].endswith(warning["message"])
     assert not os.path.lexists(out / "null")
     assert stat.S_ISFIFO(os.lstat(out / "pipe").st_mode)
     assert (out / "f").read_text() == "f\n"

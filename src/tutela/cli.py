@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 
 from tutela import __version__
@@ -316,7 +317,7 @@ def cmd_protect(args) -> int:
         flow = provider.build_flow("protect", provider.build_graph(resources), parameters)
         _dry_run_output(args, flow)
         return 0
-    progress = make_progress(quiet=args.quiet)
+    progress = make_progress(quiet=args.quiet, json_lines=args.json)
     try:
         checkpoint = provider.protect(
             resources, parameters, policy=_policy(args, provider), progress=progress
@@ -328,10 +329,10 @@ def cmd_protect(args) -> int:
     else:
         print(checkpoint.id)
     if checkpoint.warnings:
-        print(
-            f"tutela: checkpoint {checkpoint.id} is incomplete: "
-            f"{warnings_text(checkpoint.warnings)}",
-            file=sys.stderr,
+        _tell(
+            args,
+            "incomplete",
+            f"checkpoint {checkpoint.id} is incomplete: {warnings_text(checkpoint.warnings)}",
         )
         return EXIT_INCOMPLETE
     return 0
@@ -351,10 +352,21 @@ def warnings_text(warnings: list[dict], more: str = "tutela checkpoints show") -
     return text
 
 
+def _tell(args, event: str, text: str) -> None:
+    """The CLI's own line on stderr: `tutela: TEXT`; with `--json` and progress shown, one
+    more JSON line (`{"event": EVENT, "time", "message"}`), so that stderr stays JSON lines
+    throughout.  (`-q --json` keeps the human line: no progress, one line a person reads.)"""
+    if getattr(args, "json", False) and not getattr(args, "quiet", False):
+        line = {"event": event, "time": round(time.time(), 3), "message": text}
+        print(json.dumps(line), file=sys.stderr)
+    else:
+        print(f"tutela: {text}", file=sys.stderr)
+
+
 def _failed(args, exc: OperationFailed) -> int:
     if args.json:
         print_json({"error": str(exc), "id": exc.record_id, "errors": exc.errors})
-    print(f"tutela: {exc}", file=sys.stderr)
+    _tell(args, "error", str(exc))
     return 128 + exc.cancelled if exc.cancelled else 1  # 130 for Ctrl-C, 143 for SIGTERM
 
 
@@ -532,7 +544,7 @@ def cmd_prune(args) -> int:
         )
     reg = _registry(args)
     provider = _provider(reg, args.provider)
-    progress = make_progress(quiet=args.quiet or args.dry_run)
+    progress = make_progress(quiet=args.quiet or args.dry_run, json_lines=args.json)
     result = provider.prune(policy, dry_run=args.dry_run, progress=progress)
     if args.json:
         print_json(result)
@@ -562,7 +574,7 @@ def cmd_restore(args) -> int:
     if args.dry_run:
         _dry_run_output(args, provider.build_flow("restore", cp.graph(), parameters))
         return 0
-    progress = make_progress(quiet=args.quiet)
+    progress = make_progress(quiet=args.quiet, json_lines=args.json)
     try:
         record = provider.restore(
             cp.id, parameters, policy=_policy(args, provider), progress=progress
@@ -574,10 +586,11 @@ def cmd_restore(args) -> int:
     else:
         print(record.id)
     if record.warnings:  # restored, but not quite as the checkpoint has it: scripts notice
-        print(
-            f"tutela: restore {record.id} of checkpoint {cp.id} has warnings: "
+        _tell(
+            args,
+            "warnings",
+            f"restore {record.id} of checkpoint {cp.id} has warnings: "
             f"{warnings_text(record.warnings, f'tutela restores show {record.id}')}",
-            file=sys.stderr,
         )
         return EXIT_INCOMPLETE
     return 0
@@ -646,7 +659,7 @@ def cmd_delete(args) -> int:
     if args.dry_run:
         _dry_run_output(args, provider.build_flow("delete", cp.graph(), {}))
         return 0
-    progress = make_progress(quiet=args.quiet)
+    progress = make_progress(quiet=args.quiet, json_lines=args.json)
     try:
         cp = provider.delete(cp.id, policy=_policy(args, provider), progress=progress)
     except OperationFailed as exc:
@@ -894,7 +907,10 @@ def _run(args) -> int:
     except TutelaError as exc:
         if args.json:
             print_json({"error": str(exc)})
-        print(f"tutela: error: {exc}", file=sys.stderr)
+        if args.json and not getattr(args, "quiet", False):
+            _tell(args, "error", str(exc))
+        else:
+            print(f"tutela: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tutela: interrupted", file=sys.stderr)

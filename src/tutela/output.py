@@ -164,10 +164,90 @@ class LiveProgress(PlainProgress):
         super().finished(status)
 
 
-def make_progress(quiet: bool = False, stream: IO[str] | None = None) -> Progress:
+class JsonProgress(PlainProgress):
+    """JSON lines on stderr, for a frontend or a monitor (`--json`): one object per event,
+    each with `event` and `time` (Unix seconds).  Events: `started` (operation, id,
+    resources, tasks), `task_started` and `task_finished` (resource, hook; `error` when it
+    failed), `status` (done, total, failed, bytes, elapsed) at most every `interval` seconds
+    while bytes move or tasks end, `message` (text), `finished` (status and the last
+    counts).  Messages are as the plain lines have them; names are never the secrets they
+    are kept apart from."""
+
+    def __init__(self, stream: IO[str] | None = None, interval: float = 1.0):
+        super().__init__(stream, interval)
+        self._write_lock = threading.Lock()
+
+    def _event(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str)
+        with self._write_lock:  # whole lines, whichever thread reports
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def _counts(self) -> dict[str, Any]:
+        c = self.c
+        with c.lock:
+            return {
+                "done": c.done,
+                "total": c.total,
+                "failed": c.failed,
+                "bytes": c.bytes,
+                "elapsed": round(time.monotonic() - c.t0, 3),
+            }
+
+    def _due(self) -> bool:
+        with self.c.lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+            return True
+
+    def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
+        self.c.restart(kind, record_id, tasks)
+        self._last = time.monotonic()
+        self._event("started", operation=kind, id=record_id, resources=resources, tasks=tasks)
+
+    def task_started(self, resource: Resource, hook: str) -> None:
+        super().task_started(resource, hook)
+        self._event("task_started", resource=resource.key, hook=hook)
+
+    def task_finished(self, resource: Resource, hook: str, error: BaseException | None) -> None:
+        with self.c.lock:
+            self.c.running.pop((resource, hook), None)
+            self.c.done += 1
+            if error is not None:
+                self.c.failed += 1
+        fields: dict[str, Any] = {"resource": resource.key, "hook": hook}
+        if error is not None:
+            fields["error"] = str(error)
+        self._event("task_finished", **fields)
+        if self._due():
+            self._event("status", **self._counts())
+
+    def bytes_moved(self, count: int) -> None:
+        super().bytes_moved(count)
+        if self._due():
+            self._event("status", **self._counts())
+
+    def message(self, text: str) -> None:
+        self._event("message", text=text)
+
+    def finished(self, status: str) -> None:
+        self._event(
+            "finished", operation=self.c.kind, id=self.c.record_id, status=status, **self._counts()
+        )
+
+
+def make_progress(
+    quiet: bool = False, stream: IO[str] | None = None, json_lines: bool = False
+) -> Progress:
+    """The progress display: none (`quiet`), JSON lines (`json_lines`, with `--json`), live
+    on a terminal, plain lines otherwise."""
     stream = stream or sys.stderr
     if quiet:
         return Progress()
+    if json_lines:
+        return JsonProgress(stream)
     if stream.isatty():
         return LiveProgress(stream)
     return PlainProgress(stream)
