@@ -60,6 +60,13 @@ class _Counts:
             self.running.clear()
             self.t0 = time.monotonic()
 
+    def task_done(self, resource: Resource, hook: str, error: BaseException | None) -> None:
+        with self.lock:
+            self.running.pop((resource, hook), None)
+            self.done += 1
+            if error is not None:
+                self.failed += 1
+
 
 class PlainProgress(Progress):
     """Plain lines on stderr: a start line, a status line every `interval` seconds, each
@@ -85,18 +92,21 @@ class PlainProgress(Progress):
             self.c.running[(resource, hook)] = time.monotonic()
 
     def task_finished(self, resource: Resource, hook: str, error: BaseException | None) -> None:
-        with self.c.lock:
-            self.c.running.pop((resource, hook), None)
-            self.c.done += 1
-            if error is not None:
-                self.c.failed += 1
-            due = time.monotonic() - self._last >= self.interval
-            if due:
-                self._last = time.monotonic()
+        self.c.task_done(resource, hook, error)
+        due = self._due()
         if error is not None:
             self._line(f"  FAILED {resource.key} {hook}: {error}")
         elif due:
             self._status()
+
+    def _due(self) -> bool:
+        """Whether a status line is due (`interval` seconds since the last one)."""
+        with self.c.lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+            return True
 
     def _status(self) -> None:
         c = self.c
@@ -194,14 +204,6 @@ class JsonProgress(PlainProgress):
                 "elapsed": round(time.monotonic() - c.t0, 3),
             }
 
-    def _due(self) -> bool:
-        with self.c.lock:
-            now = time.monotonic()
-            if now - self._last < self.interval:
-                return False
-            self._last = now
-            return True
-
     def started(self, kind: str, record_id: str, resources: int, tasks: int) -> None:
         self.c.restart(kind, record_id, tasks)
         self._last = time.monotonic()
@@ -212,11 +214,7 @@ class JsonProgress(PlainProgress):
         self._event("task_started", resource=resource.key, hook=hook)
 
     def task_finished(self, resource: Resource, hook: str, error: BaseException | None) -> None:
-        with self.c.lock:
-            self.c.running.pop((resource, hook), None)
-            self.c.done += 1
-            if error is not None:
-                self.c.failed += 1
+        self.c.task_done(resource, hook, error)
         fields: dict[str, Any] = {"resource": resource.key, "hook": hook}
         if error is not None:
             fields["error"] = str(error)
