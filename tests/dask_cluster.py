@@ -43,6 +43,10 @@ class Cluster:
         self.env = {
             **os.environ,
             "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+            # The workers' sampling profiler calls sys._current_frames() every 10 ms, which
+            # deadlocks Python 3.11 before 3.11.9 (CPython gh-106883, dask/distributed#8616):
+            # a worker of this suite hung so, holding a task for ever.
+            "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
             "PYTHONPATH": os.pathsep.join(
                 [*map(str, pythonpath), os.environ.get("PYTHONPATH", "")]
             ),
