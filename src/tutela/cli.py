@@ -15,13 +15,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from datetime import UTC, datetime
 
 from tutela import __version__
 from tutela.engine import make_policy
 from tutela.errors import OperationFailed, TutelaError
-from tutela.output import human_bytes, make_progress, print_json, print_table
+from tutela.output import human_bytes, json_event, make_progress, print_json, print_table
 from tutela.parameters import load_parameters
 from tutela.provider import Provider, ProviderRegistry
 from tutela.resource import Resource
@@ -357,8 +356,7 @@ def _tell(args, event: str, text: str) -> None:
     more JSON line (`{"event": EVENT, "time", "message"}`), so that stderr stays JSON lines
     throughout.  (`-q --json` keeps the human line: no progress, one line a person reads.)"""
     if getattr(args, "json", False) and not getattr(args, "quiet", False):
-        line = {"event": event, "time": round(time.time(), 3), "message": text}
-        print(json.dumps(line), file=sys.stderr)
+        print(json_event(event, message=text), file=sys.stderr)
     else:
         print(f"tutela: {text}", file=sys.stderr)
 

@@ -158,8 +158,7 @@ class OperationContext:
         """Count `count` bytes moved, for the progress display.  Raises `Cancelled` once the
         operation is cancelled, so a hook that reports progress stops there."""
         self.progress.bytes_moved(count)
-        if self.cancelled.is_set() and not self.cleaning_up:
-            raise Cancelled(self.cancel_reason)
+        self.check_cancelled()
 
     def check_cancelled(self) -> None:
         """Raise `Cancelled` once the operation is cancelled (Ctrl-C).  A hook that runs

@@ -174,6 +174,11 @@ class LiveProgress(PlainProgress):
         super().finished(status)
 
 
+def json_event(event: str, **fields: Any) -> str:
+    """One line of the `--json` progress stream: `{"event", "time" (Unix seconds), ...}`."""
+    return json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str)
+
+
 class JsonProgress(PlainProgress):
     """JSON lines on stderr, for a frontend or a monitor (`--json`): one object per event,
     each with `event` and `time` (Unix seconds).  Events: `started` (operation, id,
@@ -188,7 +193,7 @@ class JsonProgress(PlainProgress):
         self._write_lock = threading.Lock()
 
     def _event(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, default=str)
+        line = json_event(event, **fields)
         with self._write_lock:  # whole lines, whichever thread reports
             self.stream.write(line + "\n")
             self.stream.flush()
