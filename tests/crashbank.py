@@ -47,6 +47,10 @@ class CrashingBank(FilesystemBank):
         self._maybe_die("put", key)
         return super().update_object(key, value)
 
+    def update_object_parts(self, key, parts):
+        self._maybe_die("put", key)
+        return super().update_object_parts(key, parts)
+
     def update_object_stream(self, key, stream):
         self._maybe_die("put", key)
         return super().update_object_stream(key, stream)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import subprocess
 import threading
 import time
@@ -102,6 +103,27 @@ def test_round_trip(any_bank: Bank, value: bytes) -> None:
     assert any_bank.get_object("data/obj") == value
     assert b"".join(any_bank.get_object_stream("data/obj")) == value
     assert any_bank.object_size("data/obj") == len(value)
+
+
+def test_an_object_given_as_parts_is_their_join(any_bank: Bank) -> None:
+    """`update_object_parts` (how the content store writes a pack): the object is the parts
+    joined, whatever their sizes (empty ones too), read back whole and by range, and a later
+    write replaces it whole."""
+    rng = random.Random(11)
+    parts = [rng.randbytes(n) for n in (0, 1, 4095, 70_000, 0, 1 << 20, 13)]
+    whole = b"".join(parts)
+    section = any_bank.get_section("data")  # as the store writes: through its section
+    section.update_object_parts("parts", parts)
+    assert section.get_object("parts") == whole
+    assert section.object_size("parts") == len(whole)
+    assert section.get_object_range("parts", 4000, 80_000) == whole[4000:84_000]
+    section.update_object_parts("parts", [b"short"])
+    assert section.get_object("parts") == b"short"
+    section.update_object_parts("parts", [])
+    assert section.get_object("parts") == b""
+    with pytest.raises(ReadOnlyError):
+        any_bank.get_section("data", writable=False).update_object_parts("parts", [b"x"])
+    assert section.get_object("parts") == b""
 
 
 def test_str_is_stored_as_utf8(any_bank: Bank) -> None:
@@ -594,8 +616,15 @@ def test_filesystem_large_objects_bypass_the_page_cache(tmp_path, monkeypatch, r
         if not refused:
             assert _resident_bytes(path) < block  # it went to the disk, not the page cache
         assert bank.get_object(f"o/{n}") == data[::-1]
+    # As parts (a pack): small and large parts across the buffer's pieces, an empty one.
+    parts = [os.urandom(n) for n in (block - 1, 0, piece - block, piece + 5, 3, 70_000)]
+    bank.update_object_parts("o/parts", parts)
+    path = tmp_path / "bank" / "objects" / "o" / "parts"
+    if not refused:
+        assert _resident_bytes(path) < block
+    assert path.read_bytes() == b"".join(parts)
     bank.update_object("o/small", b"x" * 1000)  # small objects: ordinary writes
-    assert len(direct_opens) == (1 if refused else 2 * len(sizes))
+    assert len(direct_opens) == (1 if refused else 2 * len(sizes) + 1)
     assert direct_fds == set()  # every direct descriptor was closed
     leftovers = [p for p in (tmp_path / "bank").rglob("*") if filesystem._TMP_MARK in p.name]
     assert leftovers == []

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,16 +70,23 @@ class _DirectBuffer(threading.local):
         return buf
 
 
-def _copy_in(buf: mmap.mmap, address: int, value: bytes, offset: int, n: int) -> None:
-    """buf[:n] = value[offset:offset + n], without the interpreter lock when `value` is
-    bytes: ctypes lets the lock go for a foreign call, and a lock held for each 8 MiB copy
-    was time every other thread of the protect waited."""
-    if type(value) is bytes:
+#: Parts at least this large are copied into the aligned buffer without the interpreter lock.
+_COPY_UNLOCKED_FROM = 256 << 10
+
+
+def _copy_in(buf: mmap.mmap, address: int, at: int, value: bytes, offset: int, n: int) -> None:
+    """buf[at:at + n] = value[offset:offset + n], without the interpreter lock when `value`
+    is large bytes: ctypes lets the lock go for a foreign call, and a lock held for each 8 MiB
+    copy was time every other thread of the protect waited.  A small part is copied holding
+    it: taking the lock back would cost more than the copy."""
+    if type(value) is bytes and n >= _COPY_UNLOCKED_FROM:
         source = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
         assert source is not None
-        ctypes.memmove(address, source + offset, n)
+        ctypes.memmove(address + at, source + offset, n)
+    elif offset == 0 and n == len(value):
+        buf[at : at + n] = value
     else:
-        buf[:n] = memoryview(value)[offset : offset + n]
+        buf[at : at + n] = memoryview(value)[offset : offset + n]
 
 
 _direct_buffer = _DirectBuffer()
@@ -153,13 +160,10 @@ class FilesystemBank(BankPlugin):
         finally:
             os.close(fd)
 
-    def _write(self, key: str, blocks: Iterable[bytes] | bytes) -> int:
+    def _write(self, key: str, blocks: Iterable[bytes], size: int | None = None) -> int:
         """Write an object atomically: a temp file, fsynced, renamed into place, the folder
-        fsynced.  `blocks` may be the whole object as one bytes value (its size known)."""
-        value = blocks if isinstance(blocks, bytes) else None
-        size = None if value is None else len(value)
-        if value is not None:
-            blocks = [value]
+        fsynced.  `size` given, `blocks` is a sequence of parts of that total size, the
+        whole object at hand (it may then go around the page cache)."""
         path = self._path(key)
         parent = path.parent
         try:
@@ -171,8 +175,8 @@ class FilesystemBank(BankPlugin):
         tmp = parent / f"{_TMP_MARK}{uuid.uuid4().hex}"
         written = 0
         try:
-            if value is not None and len(value) >= DIRECT_FROM and self._write_direct(tmp, value):
-                written = len(value)
+            if size is not None and size >= DIRECT_FROM and self._write_direct(tmp, blocks, size):
+                written = size
             else:
                 with open(tmp, "xb") as fh:
                     if size is not None and size >= PREALLOCATE_FROM:
@@ -194,7 +198,7 @@ class FilesystemBank(BankPlugin):
         self._fsync_dir(parent)
         return written
 
-    def _write_direct(self, tmp: Path, value: bytes) -> bool:
+    def _write_direct(self, tmp: Path, parts: Iterable[bytes], size: int) -> bool:
         """Write a large object around the page cache (O_DIRECT), then fsync it.
 
         The bytes go to the disk from a reused aligned buffer: no copy into freshly allocated
@@ -216,10 +220,10 @@ class FilesystemBank(BankPlugin):
             return self._refuse_direct(tmp)
         refused = False
         try:
-            os.posix_fallocate(fd, 0, len(value))
-            self._pwrite_aligned(fd, value)
-            if len(value) % DIRECT_BLOCK:
-                os.ftruncate(fd, len(value))
+            os.posix_fallocate(fd, 0, size)
+            self._pwrite_aligned(fd, parts)
+            if size % DIRECT_BLOCK:
+                os.ftruncate(fd, size)
             os.fsync(fd)
         except OSError as exc:  # EINVAL: the device wants another alignment
             if exc.errno != errno.EINVAL:
@@ -237,27 +241,45 @@ class FilesystemBank(BankPlugin):
         return False
 
     @staticmethod
-    def _pwrite_aligned(fd: int, data: bytes) -> None:
-        """Write `data` through the thread's aligned buffer, the last piece padded."""
+    def _pwrite_aligned(fd: int, parts: Iterable[bytes]) -> None:
+        """Write the parts back to back through the thread's aligned buffer, each piece
+        filled from as many parts as fit, the last one padded."""
         buf = _direct_buffer.get()
-        offset = 0
-        while offset < len(data):
-            n = min(len(buf), len(data) - offset)
-            _copy_in(buf, _direct_buffer.address, data, offset, n)
+        address, capacity = _direct_buffer.address, len(buf)
+        filled = written = 0
+
+        def write_out(n: int) -> None:
             padded = -(-n // DIRECT_BLOCK) * DIRECT_BLOCK
             buf[n:padded] = bytes(padded - n)
             out = memoryview(buf)[:padded]
             try:
                 done = 0
                 while done < padded:
-                    done += os.pwrite(fd, out[done:], offset + done)
+                    done += os.pwrite(fd, out[done:], written + done)
             finally:
                 out.release()
-            offset += n
+
+        for part in parts:
+            offset = 0
+            while offset < len(part):
+                n = min(capacity - filled, len(part) - offset)
+                _copy_in(buf, address, filled, part, offset, n)
+                filled += n
+                offset += n
+                if filled == capacity:
+                    write_out(filled)
+                    written += filled
+                    filled = 0
+        if filled:
+            write_out(filled)
 
     def update_object(self, key: str, value: bytes | str) -> None:
         data = ensure_bytes(value)
-        self._write(key, data)
+        self._write(key, (data,), len(data))
+
+    def update_object_parts(self, key: str, parts: Sequence[bytes]) -> None:
+        # Straight from the parts into the aligned buffer: no joined copy of the object.
+        self._write(key, parts, sum(len(p) for p in parts))
 
     def update_object_stream(self, key: str, stream: Iterable[bytes] | BinaryIO) -> int:
         return self._write(key, iter_stream(stream))
