@@ -5,6 +5,7 @@ errors, and stores that either path reads and deduplicates against."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import sys
@@ -60,7 +61,7 @@ def sample_files(folder: Path) -> dict[str, bytes]:
 
 
 def prepare(keys: Keys, folder: Path, names: list[str], compression: str = "zstd", **kw):
-    small = native.SmallFiles(
+    small = native.Worker(
         keys,
         compression,
         kw.get("level", 3),
@@ -99,6 +100,34 @@ def test_blobs_are_what_the_python_codec_reads(tmp_path, algorithm, compression)
         assert flags["random"] == FLAG_RAW  # saves under 1/64: stored raw, as in Python
     else:
         assert set(flags.values()) == {FLAG_RAW}
+
+
+@pytest.mark.parametrize("algorithm", ["none", "aes-256-gcm"])
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_chunks_given_as_views_are_what_the_python_codec_reads(algorithm, compression):
+    """The chunks of large files arrive as read-only views of the chunker's buffer."""
+    keys = Keys.generate(algorithm)
+    codec = Codec(keys.cipher, compression, 1, 23)
+    buffer = bytearray(words(3 << 20, 4) + random.Random(5).randbytes(1 << 20) + b"ab" * 4096)
+    view = memoryview(buffer).toreadonly()
+    cuts = [0, 1 << 20, 3 << 20, 4 << 20, len(buffer)]
+    chunks = [view[a:b] for a, b in itertools.pairwise(cuts)]
+    worker = native.Worker(keys, compression, 1, 23, LIMIT, TooBig, repr)
+    known = {keys.chunk_id(bytes(chunks[1]))}
+    out = worker.prepare_chunks(chunks, known.__contains__)
+    assert [cid for cid, _, _ in out] == [keys.chunk_id(bytes(c)) for c in chunks]
+    assert [data for _, data, _ in out] == chunks
+    assert out[1][2] is None  # known: hashed only
+    for cid, data, blob in (out[0], out[2], out[3]):
+        assert codec.decode(cid, blob, len(data)) == data
+    # The worker thread's zstd context is reused: a small chunk after wide ones is
+    # compressed as a fresh context compresses it.
+    small = view[: 4 * 1024]
+    fresh = native.Worker(keys, compression, 1, 0, LIMIT, TooBig, repr)
+    after = worker.prepare_chunks([small], lambda cid: False)[0][2]
+    alone = fresh.prepare_chunks([small], lambda cid: False)[0][2]
+    assert len(after) == len(alone)
+    assert codec.decode(keys.chunk_id(bytes(small)), after, len(small)) == small
 
 
 def test_known_chunks_are_not_encoded(tmp_path):
@@ -160,7 +189,7 @@ def test_errors_are_those_of_the_python_path(tmp_path):
         LocalFile(str(tmp_path / "folder"), 4096),
     ]
     fallen_back = []
-    small = native.SmallFiles(keys, "zstd", 3, 0, LIMIT, TooBig, lambda f: fallen_back.append(f))
+    small = native.Worker(keys, "zstd", 3, 0, LIMIT, TooBig, lambda f: fallen_back.append(f))
     missing, big, grew, fifo, folder = small.prepare(files, lambda cid: False)
     assert isinstance(missing, FileNotFoundError) and missing.filename == files[0].path
     assert big is TooBig

@@ -469,8 +469,8 @@ class ContentStore:
         self._packs_lock = threading.Lock()
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tutela-cs")
-        self._small = (
-            native.SmallFiles(
+        self._native = (
+            native.Worker(
                 keys,
                 settings.compression,
                 settings.compression_level,
@@ -993,8 +993,8 @@ class ContentStore:
         prepare its one chunk.  Per file: a `_Prepared`, None (empty), `_TooBig`, or the
         exception to raise on the caller's thread, in order.  In C when it is built
         (`native.py`): a batch per call, without the interpreter lock."""
-        if self._small is not None:
-            return self._small.prepare(files, self.has)
+        if self._native is not None:
+            return self._native.prepare(files, self.has)
         return [self._prepare_file(f) for f in files]
 
     def _prepare_file(self, f: LocalFile) -> Any:
@@ -1027,6 +1027,9 @@ class ContentStore:
         return self.write([data])
 
     def _prepare_many(self, datas: list[bytes]) -> list[_Prepared]:
+        """Worker-thread part for a batch of chunks (in C when it is built)."""
+        if self._native is not None:
+            return self._native.prepare_chunks(datas, self.has)
         return [self._prepare(d) for d in datas]
 
     def _prepare(self, data: bytes) -> tuple[bytes, bytes, bytes | None]:
