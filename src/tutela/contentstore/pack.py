@@ -4,8 +4,13 @@ A blob is one stored chunk: `encrypt(flag + payload, aad="C" + chunk id)` where 
 the payload is the raw chunk and 1 means zstd.  A pack is blobs back to back, then a header
 (one 48-byte entry per blob: chunk id, offset, stored length, raw length; encrypted like a
 blob), then the header length as a 4-byte little-endian integer.  The header makes a pack
-self-describing, so an index can be rebuilt from packs alone.  A pack's name is the BLAKE3 of
-its bytes, so any change to a stored pack is detected without a key.
+self-describing, so an index can be rebuilt from packs alone.
+
+A pack's name is the BLAKE3 of its tail (the header as stored and the length after it): the
+header names every blob by its chunk id, offset and length, and each blob is checked by its
+own chunk (it authenticates, or it hashes to its id), so every byte of a pack is covered
+without hashing all of it once more as it is written (packs written before store format 4
+are named by the BLAKE3 of all their bytes; `naming` tells which).
 """
 
 from __future__ import annotations
@@ -136,29 +141,60 @@ class PackBuilder:
         self.blobs.append(stored)
         self.size += len(stored)
 
-    def seal(self, cipher: Cipher) -> tuple[str, bytes, list[tuple[bytes, int, int, int]]]:
-        """(pack name, the pack's bytes, entries).  The pack is one bytes value, so that a
-        queued pack costs its size once and object-store banks can send it as it is; the
-        blobs are let go here."""
+    def seal(self, cipher: Cipher) -> tuple[str, list[bytes], list[tuple[bytes, int, int, int]]]:
+        """(pack name, the pack's bytes as its parts in order, entries).  The parts are not
+        joined: the bank writes them as they are (`update_object_parts`), where a joined
+        pack cost a copy into fresh memory of its size; the builder lets them go here."""
         header = bytes((HEADER_VERSION,)) + b"".join(ENTRY.pack(*e) for e in self.entries)
         header = cipher.encrypt(header, HEADER_AAD)
-        data = b"".join([*self.blobs, header, _TRAILER.pack(len(header))])
+        tail = header + _TRAILER.pack(len(header))
+        parts = [*self.blobs, tail]
         self.blobs = []
-        return blake3.blake3(data, max_threads=1).hexdigest(), data, self.entries
+        return blake3.blake3(tail).hexdigest(), parts, self.entries
 
 
-def parse_header(pack: bytes, cipher: Cipher) -> list[tuple[bytes, int, int, int]]:
-    """The entries of a whole pack's header.  Raises DecryptError or ValueError."""
+def header_start(pack: bytes | memoryview) -> int:
+    """Where a whole pack's header starts (the end of its blobs).  Raises ValueError."""
     if len(pack) < _TRAILER.size:
         raise ValueError("pack too short")
     (length,) = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
     start = len(pack) - _TRAILER.size - length
     if start < 0:
         raise ValueError("pack header length out of range")
-    header = cipher.decrypt(memoryview(pack)[start : start + length], HEADER_AAD)
+    return start
+
+
+def parse_header(pack: bytes, cipher: Cipher) -> list[tuple[bytes, int, int, int]]:
+    """The entries of a whole pack's header.  Raises DecryptError or ValueError."""
+    start = header_start(pack)
+    header = cipher.decrypt(memoryview(pack)[start : len(pack) - _TRAILER.size], HEADER_AAD)
     if not header or header[0] != HEADER_VERSION or (len(header) - 1) % ENTRY.size:
         raise ValueError("bad pack header")
     return [e for e in ENTRY.iter_unpack(header[1:])]
+
+
+def naming(pack: bytes, name: str) -> str | None:
+    """How `name` names this whole pack: "tail" (the BLAKE3 of its header as stored and the
+    length after it: store format 4 on), "whole" (of all its bytes: packs written before), or
+    None (it does not: the pack is damaged)."""
+    view = memoryview(pack)
+    try:
+        if blake3.blake3(view[header_start(pack) :]).hexdigest() == name:
+            return "tail"
+    except ValueError:
+        pass
+    return "whole" if blake3.blake3(view).hexdigest() == name else None
+
+
+def blobs_fill(start: int, entries: list[tuple[bytes, int, int, int]]) -> bool:
+    """Whether the blobs of `entries` (a pack's header) lie back to back from the pack's first
+    byte to its header at `start`, as written: then every byte is some blob's or the header's."""
+    end = 0
+    for _, off, length, _ in sorted(entries, key=lambda e: e[1]):
+        if off != end:
+            return False
+        end += length
+    return end == start
 
 
 def pack_key(name: str) -> str:
