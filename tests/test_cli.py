@@ -538,3 +538,25 @@ def test_saved_info_lines_show_lists_abbreviated():
     assert "vanished: 8 (f0, f1, f2, f3, f4, ... 3 more)" in lines
     assert "changed_while_read: 0" in lines
     assert 'extra: {"a": 1}' in lines
+
+
+def test_only_the_program_itself_tunes_the_garbage_collector(tmp_path):
+    """`tutela` (main() reading sys.argv) freezes what the imports made and makes young
+    collections rarer; an application calling main() with its arguments keeps its own GC."""
+    code = textwrap.dedent(
+        """
+        import gc, sys
+        from tutela.cli import main
+        before = gc.get_threshold()
+        main(["providers"])
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        sys.argv = ["tutela", "providers"]
+        main()
+        print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+        """
+    )
+    env = {**os.environ, "TUTELA_PROVIDER_CONFIG_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split()[-2:] == ["50000", "True"]

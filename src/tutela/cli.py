@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import gc
 import json
 import logging
 import os
@@ -915,7 +916,20 @@ def _run(args) -> int:
         return EXIT_INTERRUPTED
 
 
+def _tune_gc() -> None:
+    """For the `tutela` program's own process only (not an application that embeds Tutela):
+    the objects the imports made are kept out of the collector's scans, and young collections
+    come every 50,000 allocations instead of 700.  A protect makes a dict per tree entry and
+    tuples per chunk; each collection holds the interpreter lock while it scans, and every
+    other thread of the protect waits.  First protect of the 1 GiB benchmark tree: 2.31 s
+    against 2.43 s (medians of 6 alternated runs), the same peak memory."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program itself (tests and embedders pass their arguments)
+        _tune_gc()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
