@@ -12,7 +12,7 @@ content store's and the directory plugin's stage functions wrapped to add up the
 - small files prepared: open, read, BLAKE3, zstd, AES-GCM of whole small files (in C when
   built; workers, or the walking thread when it catches up);
 - commit: adding prepared chunks to the open pack and making each file's reference;
-- seal: joining a pack and naming it (BLAKE3 of its bytes), on the uploaders;
+- seal: the pack header, and the pack's name (BLAKE3 of its bytes), on the uploaders;
 - bank write: the pack's write and fsync (the filesystem bank: O_DIRECT), on the uploaders;
 - tree listing: `_walk` itself (lstat of every entry);
 - the rest: the Python around all of these (entries, manifest, flow, checkpoint records).
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
 import os
 import resource
 import subprocess
@@ -50,13 +51,17 @@ from datapath import Tutela, add_data_options, read_tree, ready_data
 #: stage -> [CPU s, calls]; one lock: the wrapped calls are coarse (a batch, a pack, a file)
 _totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 _lock = threading.Lock()
+#: with --timeline: (stage, wall start, wall end) of every wrapped call
+_spans: list[tuple[str, float, float]] | None = None
 
 
-def _add(stage: str, cpu: float) -> None:
+def _add(stage: str, cpu: float, start: float = 0.0) -> None:
     with _lock:
         entry = _totals[stage]
         entry[0] += cpu
         entry[1] += 1
+        if _spans is not None:
+            _spans.append((stage, start, time.perf_counter()))
 
 
 def timed(stage: str, fn):
@@ -64,11 +69,11 @@ def timed(stage: str, fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _add(stage, time.thread_time() - t0)
+            _add(stage, time.thread_time() - t0, w0)
 
     return wrapper
 
@@ -81,13 +86,13 @@ def timed_generator(stage: str, fn):
     def wrapper(*args, **kwargs):
         it = fn(*args, **kwargs)
         while True:
-            t0 = time.thread_time()
+            t0, w0 = time.thread_time(), time.perf_counter()
             try:
                 item = next(it)
             except StopIteration:
-                _add(stage, time.thread_time() - t0)
+                _add(stage, time.thread_time() - t0, w0)
                 return
-            _add(stage, time.thread_time() - t0)
+            _add(stage, time.thread_time() - t0, w0)
             yield item
 
     return wrapper
@@ -105,19 +110,17 @@ def instrument() -> None:
     cs._prepare_files = timed("small files prepared (read, hash, zstd, AES)", cs._prepare_files)
     cs._commit = timed("commit (chunks)", cs._commit)
     cs._commit_files = timed("commit (small files)", cs._commit_files)
-    pack.PackBuilder.seal = timed("seal (join, BLAKE3 of the pack)", pack.PackBuilder.seal)
-    update = filesystem.FilesystemBank.update_object
+    pack.PackBuilder.seal = timed("seal (BLAKE3 of the pack)", pack.PackBuilder.seal)
+    update = filesystem.FilesystemBank.update_object_parts
 
-    def update_object(self, key, value):  # packs only: the rest is in "the rest"
-        if "packs/" not in key:
-            return update(self, key, value)
-        t0 = time.thread_time()
+    def update_object_parts(self, key, parts):  # packs only: the rest is in "the rest"
+        t0, w0 = time.thread_time(), time.perf_counter()
         try:
-            return update(self, key, value)
+            return update(self, key, parts)
         finally:
-            _add("bank write (O_DIRECT, fsync)", time.thread_time() - t0)
+            _add("bank write (O_DIRECT, fsync)", time.thread_time() - t0, w0)
 
-    filesystem.FilesystemBank.update_object = update_object
+    filesystem.FilesystemBank.update_object_parts = update_object_parts
     directory._walk = timed_generator("tree listing (lstat)", directory._walk)
 
 
@@ -164,11 +167,34 @@ def disk_rate(folder: Path, size: int = 256 << 20) -> float:
         path.unlink()
 
 
-def one_protect(tool: Tutela) -> dict:
-    """Run one first protect in this process; its wall, CPU and stage totals."""
+class CpuSampler(threading.Thread):
+    """This process's CPU seconds every `step` seconds (from /proc/self/stat), for the
+    timeline."""
+
+    def __init__(self, step: float):
+        super().__init__(daemon=True)
+        self.step, self.samples = step, [(time.perf_counter(), self.cpu())]
+        self.done = threading.Event()
+
+    @staticmethod
+    def cpu() -> float:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.done.wait(self.step):
+            self.samples.append((time.perf_counter(), self.cpu()))
+
+
+def one_protect(tool: Tutela, timeline: float = 0.0) -> dict:
+    """Run one first protect in this process; its wall, CPU and stage totals (and, with
+    `timeline`, the stages' spans and the CPU sampled every `timeline` seconds)."""
+    global _spans
     from tutela.cli import main
 
     _totals.clear()
+    _spans = [] if timeline else None
+    sampler = CpuSampler(timeline) if timeline else None
     env_before = dict(os.environ)
     os.environ.update({k: v for k, v in tool.env.items() if k.startswith("TUTELA_")})
     disk = disk_of(tool.repo.parent)
@@ -176,6 +202,8 @@ def one_protect(tool: Tutela) -> dict:
     sectors0, busy0 = diskstats(disk)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
+    if sampler:
+        sampler.start()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             code = main(["protect", "-q", "--resource", f"Tutela::Directory={tool.data}"])
@@ -183,6 +211,9 @@ def one_protect(tool: Tutela) -> dict:
         os.environ.clear()
         os.environ.update(env_before)
     wall = time.perf_counter() - t0
+    if sampler:
+        sampler.done.set()
+        sampler.join()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     sectors1, busy1 = diskstats(disk)
     if code != 0:
@@ -195,7 +226,32 @@ def one_protect(tool: Tutela) -> dict:
         "busy": (busy1 - busy0) / 1000,
         "stages": {k: tuple(v) for k, v in _totals.items()},
         "stored": sum(p.stat().st_size for p in tool.repo.rglob("*") if p.is_file()),
+        "start": t0,
+        "spans": _spans,
+        "cpu_samples": sampler.samples if sampler else None,
     }
+
+
+def print_timeline(res: dict, step: float) -> None:
+    """Per `step` of wall time: the cores the process used, and how many threads were
+    inside each stage (wall-time occupancy: a stage that waits, for the queue or the disk,
+    counts while it waits)."""
+    t0, samples, spans = res["start"], res["cpu_samples"], res["spans"]
+    stages = sorted({s for s, _, _ in spans}, key=lambda st: -res["stages"][st][0])
+    short = {st: chr(ord("A") + i) for i, st in enumerate(stages)}
+    print(
+        "  timeline: cores used, then threads inside each stage ("
+        + ", ".join(f"{short[st]} = {st.split(' (')[0]}" for st in stages)
+        + ")"
+    )
+    for (a, ca), (b, cb) in itertools.pairwise(samples):
+        occ = dict.fromkeys(stages, 0.0)
+        for st, s0, s1 in spans:
+            overlap = min(b, s1) - max(a, s0)
+            if overlap > 0:
+                occ[st] += overlap / (b - a)
+        busy = " ".join(f"{short[st]}{v:.1f}" for st, v in occ.items() if v >= 0.05)
+        print(f"  {a - t0:6.2f} s  {(cb - ca) / (b - a):4.1f} cores  {busy}")
 
 
 def report(res: dict, floor: float, rate: float) -> None:
@@ -230,6 +286,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=1, help="first protects (1)")
+    ap.add_argument(
+        "--timeline",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also print, per SECONDS of the protect, the cores used and the stages running",
+    )
     add_data_options(ap)
     args = ap.parse_args()
     data = ready_data(args)
@@ -240,6 +303,9 @@ def main() -> int:
         start.append(time.perf_counter() - t0)
     print(f"# a new interpreter importing tutela.cli: {min(start):.2f} s (not in the figures)")
     instrument()
+    from tutela import cli
+
+    cli._tune_gc()  # as the `tutela` program does for itself (main() given argv does not)
     with tempfile.TemporaryDirectory(prefix="tutela-profile-", dir=data.parent) as tmp:
         rate = disk_rate(Path(tmp))
         print(f"# disk: {rate / 1e6:.0f} MB/s (O_DIRECT, 16 MiB blocks, fsync)")
@@ -248,7 +314,10 @@ def main() -> int:
             floor = min(read_tree(data)["wall"], read_tree(data)["wall"])
             tool = Tutela(Path(tmp) / f"run{i}", data, log)
             tool.init()
-            report(one_protect(tool), floor, rate)
+            res = one_protect(tool, args.timeline)
+            report(res, floor, rate)
+            if args.timeline:
+                print_timeline(res, args.timeline)
         log.close()
     return 0
 
