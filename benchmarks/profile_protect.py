@@ -12,7 +12,7 @@ content store's and the directory plugin's stage functions wrapped to add up the
 - small files prepared: open, read, BLAKE3, zstd, AES-GCM of whole small files (in C when
   built; workers, or the walking thread when it catches up);
 - commit: adding prepared chunks to the open pack and making each file's reference;
-- seal: the pack header, and the pack's name (BLAKE3 of its bytes), on the uploaders;
+- seal: the pack's header made, encrypted and hashed (its name), on the uploaders;
 - bank write: the pack's write and fsync (the filesystem bank: O_DIRECT), on the uploaders;
 - tree listing: `_walk` itself (lstat of every entry);
 - the rest: the Python around all of these (entries, manifest, flow, checkpoint records).
@@ -110,7 +110,7 @@ def instrument() -> None:
     cs._prepare_files = timed("small files prepared (read, hash, zstd, AES)", cs._prepare_files)
     cs._commit = timed("commit (chunks)", cs._commit)
     cs._commit_files = timed("commit (small files)", cs._commit_files)
-    pack.PackBuilder.seal = timed("seal (BLAKE3 of the pack)", pack.PackBuilder.seal)
+    pack.PackBuilder.seal = timed("seal (header, name)", pack.PackBuilder.seal)
     update = filesystem.FilesystemBank.update_object_parts
 
     def update_object_parts(self, key, parts):  # packs only: the rest is in "the rest"
