@@ -1547,7 +1547,6 @@ class ContentStore:
             others = [e for e in listed if e[0] not in cids]
         intact: set[bytes] = set()
         chunk_faults: list[tuple[str, set[bytes], str]] = []
-        jobs = []
         for cid, off, ln, raw in entries:
             if header and header.get(cid) != (cid, off, ln, raw):
                 chunk_faults.append(
@@ -1557,8 +1556,14 @@ class ContentStore:
                         "chunk",
                     )
                 )
-            entry = BlobEntry(pack, off, ln, raw)
-            jobs.append((cid, self._pool.submit(self._decode, cid, entry, data[off : off + ln])))
+
+        def decode(e: tuple[bytes, int, int, int]) -> tuple[bytes, Future[bytes]]:
+            cid, off, ln, raw = e
+            blob = data[off : off + ln]
+            return cid, self._pool.submit(self._decode, cid, BlobEntry(pack, off, ln, raw), blob)
+
+        jobs = [decode(e) for e in entries]  # all submitted before any is waited for
+        checks = [decode(e) for e in others]
         for cid, fut in jobs:
             report.chunks_checked += 1
             try:
@@ -1567,15 +1572,6 @@ class ContentStore:
                 chunk_faults.append((str(exc), {cid}, "chunk"))
             else:
                 intact.add(cid)
-        checks = [
-            (
-                cid,
-                self._pool.submit(
-                    self._decode, cid, BlobEntry(pack, off, ln, raw), data[off : off + ln]
-                ),
-            )
-            for cid, off, ln, raw in others
-        ]
         for cid, fut in checks:
             try:
                 fut.result()
